@@ -1,0 +1,1 @@
+"""Thin Faust agents: decode → update → emit. The work lives in the modules they call."""

@@ -1,0 +1,30 @@
+"""The compute agent: predictions and labels (co-partitioned) into quality rows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from pipeline.compute import ComputeRuntime
+
+
+def register(app: faust.App, runtime: ComputeRuntime) -> None:
+    topics = runtime.topics
+    source = app.topic(
+        topics.predictions, topics.labels, key_serializer="raw", value_serializer="raw"
+    )
+
+    # concurrency=1: with more, Faust can commit past a message still being processed.
+    @app.agent(source, concurrency=1, name="modelmon.compute")
+    async def compute(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.noack().events():
+            await runtime.process(event)
+
+    @app.timer(runtime.settings.flush_interval_seconds, name="modelmon.compute.flush")
+    async def flush() -> None:
+        await runtime.flush()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        runtime.revoke(revoked)

@@ -1,0 +1,93 @@
+"""The sink agent: metrics and dead-letter messages into ClickHouse, in batches."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import faust
+
+from pipeline.settings import Settings
+from pipeline.sink.clickhouse import ClickHouseSink, redact
+from schemas.rows import decode_rows
+from schemas.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+class SinkRuntime:
+    """Batches rows by table and writes them; offsets are acknowledged after the insert."""
+
+    def __init__(self, settings: Settings, topics: Topics) -> None:
+        self.settings = settings
+        self.topics = topics
+        self.sink: ClickHouseSink | None = None
+        self.last_input = time.monotonic()
+        self.failures = 0
+
+    def open(self) -> ClickHouseSink:
+        if self.sink is None:
+            self.sink = ClickHouseSink(self.settings.clickhouse_dsn, self.settings.clickhouse_database)
+            self.sink.migrate()
+        return self.sink
+
+    def batch(self, events: list[faust.EventT]) -> dict[str, list[dict]]:
+        tables: dict[str, list[dict]] = {}
+        for event in events:
+            message = event.message
+            if message.topic == self.topics.deadletter:
+                headers = {k: v.decode() for k, v in (message.headers or [])}
+                row = {
+                    "source_topic": headers.get("source_topic", ""),
+                    "source_partition": int(headers.get("source_partition", 0)),
+                    "source_offset": int(headers.get("source_offset", 0)),
+                    "event_index": int(headers.get("event_index", -1)),
+                    "reason": headers.get("reason", ""),
+                    "raw": message.value or b"",
+                    "raw_size": int(headers.get("raw_size", len(message.value or b""))),
+                    "received_at": int(headers.get("received_at", 0)),
+                }
+                tables.setdefault("dead_letters", []).append(row)
+                continue
+            try:
+                rows = decode_rows(message.value)
+            except ValueError:
+                log.error("skipping a metrics message that is not rows at offset %d", message.offset)
+                continue
+            tables.setdefault(rows.table, []).extend(rows.rows)
+        return tables
+
+    async def write(self, events: list[faust.EventT]) -> None:
+        """Insert everything in ``events``; retry with backoff until ClickHouse accepts it."""
+        self.last_input = time.monotonic()
+        tables = self.batch(events)
+        delay = 0.5
+        while True:
+            try:
+                sink = await asyncio.to_thread(self.open)
+                for table, rows in tables.items():
+                    await asyncio.to_thread(sink.insert, table, rows)
+                self.failures = 0
+                return
+            except Exception as exc:  # noqa: BLE001 - any failure means: keep the batch, retry
+                self.failures += 1
+                log.error(
+                    "ClickHouse write failed (%s, attempt %d); retrying in %.1fs: %s",
+                    redact(self.settings.clickhouse_dsn), self.failures, delay, exc,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+
+def register(app: faust.App, runtime: SinkRuntime) -> None:
+    source = app.topic(
+        runtime.topics.metrics, runtime.topics.deadletter,
+        key_serializer="raw", value_serializer="raw",
+    )
+
+    @app.agent(source, concurrency=1, name="modelmon.sink")
+    async def sink(stream: faust.StreamT[bytes]) -> None:
+        settings = runtime.settings
+        async for events in stream.take_events(settings.sink_batch_messages, settings.sink_batch_seconds):
+            await runtime.write(events)

@@ -1,0 +1,107 @@
+"""The Faust app, configured from :class:`~pipeline.settings.Settings`, with the agents of
+the worker's role registered on it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+
+import faust
+
+from pipeline.agents import compute as compute_agent
+from pipeline.agents import sink as sink_agent
+from pipeline.compute import ComputeRuntime
+from pipeline.kafka import ensure_topics
+from pipeline.settings import Settings
+from schemas.topics import Topics
+
+log = logging.getLogger(__name__)
+
+
+def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    config = settings.kafka_client_config()
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=settings.sasl_password,
+            mechanism=settings.sasl_mechanism or "PLAIN",
+            ssl_context=config.get("ssl_context"),
+        )
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(config["ssl_context"])
+    return None
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The app with the agents of ``settings.role``; nothing runs until a worker starts it."""
+    brokers = ";".join(f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(","))
+    app = faust.App(
+        settings.group_id,
+        broker=brokers,
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        datadir=os.path.join(settings.data_dir, "faust"),
+        topic_partitions=settings.partitions,
+        producer_acks=-1,
+        producer_max_request_size=max(settings.max_message_bytes, 1_048_576) + 65_536,
+        consumer_auto_offset_reset="earliest",
+        consumer_max_fetch_size=max(settings.max_message_bytes, 1_048_576) * 4,
+        broker_session_timeout=settings.session_timeout_seconds,
+        broker_heartbeat_interval=settings.heartbeat_interval_seconds,
+        broker_rebalance_timeout=settings.rebalance_timeout_seconds,
+        broker_commit_interval=settings.flush_interval_seconds,
+        stream_wait_empty=False,
+    )
+    topics = Topics(settings.topic_prefix)
+    run_id = f"{os.uname().nodename}-{os.getpid()}-{int(time.time())}"
+    compute = sink = None
+    if settings.role in ("all", "compute"):
+        compute = ComputeRuntime(app, settings, topics, run_id)
+        compute_agent.register(app, compute)
+    if settings.role in ("all", "sink"):
+        sink = sink_agent.SinkRuntime(settings, topics)
+        sink_agent.register(app, sink)
+    if settings.idle_exit_seconds > 0:
+        _register_idle_exit(app, settings.idle_exit_seconds, compute, sink)
+    return app
+
+
+def _register_idle_exit(
+    app: faust.App,
+    seconds: float,
+    compute: ComputeRuntime | None,
+    sink: sink_agent.SinkRuntime | None,
+) -> None:
+    """Stop the worker (as SIGTERM would) once input has been seen, nothing has arrived for
+    ``seconds`` and nothing is left unwritten: the demo's and the tests' way to finish."""
+
+    @app.timer(min(1.0, seconds / 2), name="modelmon.idle_exit")
+    async def idle_exit() -> None:
+        now = time.monotonic()
+        quiet = [now - r.last_input >= seconds for r in (compute, sink) if r is not None]
+        started = compute is None or compute.seen_input
+        if started and all(quiet) and (compute is None or compute.idle()):
+            log.info("no input for %.0fs and nothing unwritten: stopping", seconds)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def all_topics(settings: Settings) -> dict[str, int]:
+    t = Topics(settings.topic_prefix)
+    names = (t.predictions, t.labels, t.interactions, t.training, t.metrics, t.alerts,
+             t.deadletter, t.checkpoints)
+    return {name: settings.partitions for name in names}
+
+
+def run_worker(settings: Settings) -> None:
+    """Create the topics, then run a Faust worker until it is stopped."""
+    asyncio.run(ensure_topics(settings.bootstrap_servers, all_topics(settings),
+                              settings.kafka_client_config()))
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel="INFO", quiet=True)
+    worker.execute_from_commandline()

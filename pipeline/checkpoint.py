@@ -1,0 +1,81 @@
+"""Per-partition checkpoints: the event-time watermark that held at each committed offset.
+
+Kafka keeps the committed offsets, but not (on every broker) the metadata next to them, so
+the watermark of each input topic at its committed offset lives in a small topic of its own,
+one record per change, in the partition of the same number. A record also carries the
+previous position: the offsets are committed right after the record is written, so the
+committed offset is one of the two even if the worker died in between.
+
+>>> rec = Checkpoint(3, {"p": Mark(10, 5000)}, {"p": Mark(7, 4000)})
+>>> Checkpoint.decode(rec.encode()).find("p", 7)
+Mark(offset=7, max_ts=4000)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from pipeline.windows import Mark
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """Marks by input topic for one partition: the current ones and the previous ones."""
+
+    partition: int
+    current: Mapping[str, Mark]
+    previous: Mapping[str, Mark] = field(default_factory=dict)
+
+    def find(self, topic: str, offset: int) -> Mark | None:
+        for positions in (self.current, self.previous):
+            pos = positions.get(topic)
+            if pos is not None and pos.offset == offset:
+                return pos
+        return None
+
+    def encode(self) -> bytes:
+        return orjson.dumps(
+            {
+                "partition": self.partition,
+                "current": {t: [p.offset, p.max_ts] for t, p in self.current.items()},
+                "previous": {t: [p.offset, p.max_ts] for t, p in self.previous.items()},
+            }
+        )
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Checkpoint:
+        obj = orjson.loads(raw)
+        return cls(
+            obj["partition"],
+            {t: Mark(*v) for t, v in obj["current"].items()},
+            {t: Mark(*v) for t, v in obj["previous"].items()},
+        )
+
+
+async def read_checkpoints(
+    bootstrap_servers: str, topic: str, partition: int, client_config: Mapping[str, Any]
+) -> list[Checkpoint]:
+    """Every checkpoint record of one partition, oldest first."""
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **dict(client_config)
+    )
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        end = (await consumer.end_offsets([tp]))[tp]
+        out: list[Checkpoint] = []
+        while True:
+            batch = await consumer.getmany(tp, timeout_ms=200)
+            for message in batch.get(tp, []):
+                out.append(Checkpoint.decode(message.value))
+            if not batch and await consumer.position(tp) >= end:
+                return out
+    finally:
+        await consumer.stop()

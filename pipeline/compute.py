@@ -1,0 +1,208 @@
+"""The compute stage's runtime: decode → fold → emit rows → checkpoint → commit.
+
+One :class:`~pipeline.quality.QualityPartition` per input partition owned by this worker.
+Messages are acknowledged to Faust only once nothing live needs them: after the rows that
+reflect them were acknowledged by Kafka (acks=all) and the checkpoint naming the new low
+watermark was written. Faust then commits exactly those offsets, so a restarted or
+rebalanced worker re-reads from the first offset live state needed and rebuilds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+from faust.types import TP
+
+from pipeline.checkpoint import Checkpoint, read_checkpoints
+from pipeline.quality import QualityPartition
+from pipeline.settings import Settings
+from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
+from pipeline.windows import Mark
+from schemas.codec import Rejected, decode_message
+from schemas.rows import encode_rows
+from schemas.topics import Topics
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_MESSAGE = 2000
+
+
+class ComputeRuntime:
+    """State and offsets of the partitions this worker computes."""
+
+    def __init__(self, app: faust.App, settings: Settings, topics: Topics, run_id: str) -> None:
+        self.app = app
+        self.settings = settings
+        self.topics = topics
+        self.run_id = run_id
+        self.states: dict[int, QualityPartition] = {}
+        self.unacked: dict[TP, deque[faust.EventT]] = {}
+        self.checkpoints: dict[int, list[Checkpoint]] = {}
+        self.written: dict[int, Checkpoint] = {}
+        self.restored: set[TP] = set()
+        self.counters: Counter[tuple[int, str]] = Counter()
+        self.emitted_counters: dict[tuple[int, str], int] = {}
+        self.counter_version = 0
+        self.last_input = time.monotonic()
+        self.seen_input = False
+
+    # --- input ----------------------------------------------------------------------------
+
+    async def process(self, event: faust.EventT) -> None:
+        """Decode one message, dead-letter what is bad, fold what is good."""
+        message = event.message
+        tp = message.tp
+        self.last_input = time.monotonic()
+        self.seen_input = True
+        state = self.states.get(tp.partition)
+        if state is None:
+            state = self.states[tp.partition] = self._new_state(tp.partition)
+        if tp not in self.restored:
+            await self._restore(state, tp, message.offset)
+        kind = self.topics.kind_of(tp.topic)
+        decoded = decode_message(message.value, kind, self.settings.max_message_bytes)
+        for rejected in decoded.rejected:
+            await self._dead_letter(message, rejected)
+        self.counters[(tp.partition, f"{kind}s_valid")] += len(decoded.events)
+        self.counters[(tp.partition, "dead_letters")] += len(decoded.rejected)
+        if kind == "prediction":
+            state.add_predictions(message.offset, decoded.events)
+        else:
+            state.add_labels(message.offset, decoded.events)
+        self.unacked.setdefault(tp, deque()).append(event)
+
+    def _new_state(self, partition: int) -> QualityPartition:
+        s = self.settings
+        return QualityPartition(
+            partition,
+            window_ms=s.window_seconds * 1000,
+            lateness_ms=s.lateness_seconds * 1000,
+            label_ttl_ms=s.label_ttl_seconds * 1000,
+            auc_bins=s.auc_bins,
+        )
+
+    async def _restore(self, state: QualityPartition, tp: TP, offset: int) -> None:
+        """Set the topic's watermark to the one it had at ``offset`` (where Faust resumed)."""
+        self.restored.add(tp)
+        if tp.partition not in self.checkpoints:
+            self.checkpoints[tp.partition] = await read_checkpoints(
+                self.settings.bootstrap_servers,
+                self.topics.checkpoints,
+                tp.partition,
+                self.settings.kafka_client_config(),
+            )
+            if self.checkpoints[tp.partition]:
+                self.written[tp.partition] = self.checkpoints[tp.partition][-1]
+        mark = next(
+            (m for c in reversed(self.checkpoints[tp.partition]) if (m := c.find(tp.topic, offset))),
+            None,
+        )
+        if mark is not None:
+            wm = state.pred_wm if tp.topic == self.topics.predictions else state.label_wm
+            wm.max_ts = mark.max_ts
+            log.info("resumed %s[%d] at offset %d from its checkpoint", tp.topic, tp.partition, offset)
+        elif offset > 0:
+            log.warning(
+                "no checkpoint for %s[%d] at offset %d: its watermark restarts from the data",
+                tp.topic, tp.partition, offset,
+            )
+
+    async def _dead_letter(self, message: Any, rejected: Rejected) -> None:
+        raw = rejected.raw
+        headers = {
+            "reason": rejected.reason.encode(),
+            "source_topic": message.topic.encode(),
+            "source_partition": str(message.partition).encode(),
+            "source_offset": str(message.offset).encode(),
+            "event_index": str(rejected.index).encode(),
+            "raw_size": str(len(raw)).encode(),
+            "received_at": str(int(time.time() * 1000)).encode(),
+        }
+        await self.app.producer.send(
+            self.topics.deadletter,
+            key=None,
+            value=raw[:DEAD_LETTER_RAW_BYTES],
+            partition=message.partition,
+            timestamp=None,
+            headers=headers,
+        )
+
+    # --- output ---------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Emit changed windows, then checkpoint and acknowledge what live state released."""
+        producer = self.app.producer
+        for partition, state in list(self.states.items()):
+            rows = state.flush()
+            pred_mark, label_mark = state.low_watermarks()
+            for table, batch in (("quality_partials", rows.windows), ("quality_class_partials", rows.classes)):
+                for chunk in _chunks(batch, ROWS_PER_MESSAGE):
+                    await producer.send(
+                        self.topics.metrics, key=None, value=encode_rows(table, chunk),
+                        partition=None, timestamp=None, headers=None,
+                    )
+            for name, value in state.counters.items():
+                self.counters[(partition, name)] = value
+            await producer.flush()  # rows and dead letters are durable before offsets move
+            marks = {t: m for t, m in ((self.topics.predictions, pred_mark),
+                                       (self.topics.labels, label_mark)) if m is not None}
+            await self._checkpoint(partition, marks)
+            if self.states.get(partition) is state:  # not revoked meanwhile
+                self._ack(partition, marks)
+        await self._emit_counters()
+
+    async def _checkpoint(self, partition: int, marks: dict[str, Mark]) -> None:
+        last = self.written.get(partition)
+        if last is not None and dict(last.current) == marks:
+            return
+        record = Checkpoint(partition, marks, dict(last.current) if last else {})
+        await self.app.producer.send_and_wait(
+            self.topics.checkpoints, key=str(partition).encode(), value=record.encode(),
+            partition=partition, timestamp=None, headers=None,
+        )
+        self.written[partition] = record
+
+    def _ack(self, partition: int, marks: dict[str, Mark]) -> None:
+        for topic, mark in marks.items():
+            pending = self.unacked.get(TP(topic, partition))
+            while pending and pending[0].message.offset < mark.offset:
+                pending.popleft().ack()
+
+    async def _emit_counters(self) -> None:
+        changed = {k: v for k, v in self.counters.items() if self.emitted_counters.get(k) != v}
+        if not changed:
+            return
+        self.counter_version += 1
+        rows = [
+            {"stage": "compute", "run_id": self.run_id, "partition": p, "counter": name,
+             "value": value, "version": self.counter_version}
+            for (p, name), value in changed.items()
+        ]
+        await self.app.producer.send_and_wait(
+            self.topics.metrics, key=None, value=encode_rows("pipeline_counters", rows),
+            partition=None, timestamp=None, headers=None,
+        )
+        self.emitted_counters.update(changed)
+
+    def revoke(self, tps: Iterable[TP]) -> None:
+        """Forget partitions another worker now owns; it rebuilds them from the checkpoint."""
+        for tp in tps:
+            self.states.pop(tp.partition, None)
+            self.unacked.pop(tp, None)
+            self.restored.discard(tp)
+            self.checkpoints.pop(tp.partition, None)
+            self.written.pop(tp.partition, None)
+
+    def idle(self) -> bool:
+        return not any(w.dirty for s in self.states.values() for b in s.buckets.values()
+                       for w in b.windows.values())
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
+    for i in range(0, len(rows), size):
+        yield rows[i : i + size]

@@ -1,0 +1,1 @@
+"""Mergeable, JSON-serialisable estimators, one module per metric family."""

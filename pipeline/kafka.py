@@ -1,0 +1,43 @@
+"""Kafka connection settings in the standard client names, and topic administration."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: Mapping[str, int],
+    client_config: Mapping[str, Any] | None = None,
+    timeout: float = 30.0,
+) -> None:
+    """Create the topics that do not exist yet (name -> partitions), retrying until the
+    broker answers or ``timeout`` passes. Existing topics are left as they are."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **dict(client_config or {}))
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(missing)
+                except TopicAlreadyExistsError:
+                    pass
+                log.info("created topics %s", [t.name for t in missing])
+            return
+        except KafkaConnectionError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+        finally:
+            await admin.close()

@@ -1,0 +1,305 @@
+"""Prediction ⨝ label state and classification-quality windows of one input partition.
+
+Predictions and labels of one ``event_id`` share a partition, so each partition joins on its
+own. Every decision is made from event time and the position in each topic, never from arrival
+order across the two topics or from the wall clock, so re-reading from a checkpoint rebuilds
+exactly the state and rows of an undisturbed run:
+
+- a prediction older than the prediction watermark is *late*: counted, not folded;
+  a label older than the label watermark likewise;
+- a prediction P and label L with the same ``event_id`` join iff
+  ``L.ts < end(P) + ttl`` and ``P.ts < end(L) + ttl`` (``end`` = end of the event's window).
+  The one read first is kept until the *other* topic's watermark passes ``end + ttl``, which is
+  exactly as long as a non-late partner could still satisfy the rule;
+- a window start's state (its windows, predictions and labels) is dropped once both watermarks
+  passed its end + ttl: nothing can join or change it any more.
+
+A window's ``version`` counts the folds into it, so a state rebuilt from part of the input
+emits a lower version than the complete one and loses to it in ClickHouse.
+
+The committed offset of each topic is the *low watermark of live state*: the first offset any
+live prediction, label or window still needs (:meth:`QualityPartition.low_watermarks`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.estimators.classification import ClassificationWindow
+from pipeline.windows import Mark, Watermark, window_start
+from schemas.events import CLASSIFICATION_TASKS, Label, Prediction
+
+WindowKey = tuple[str, str, str, int]  # model, model_version, segment, window_start
+
+
+@dataclass(slots=True)
+class _Pred:
+    ts_ms: int
+    key: WindowKey
+    task: str
+    y_pred: Any
+    proba: dict[str, float] | None
+    open: bool = True
+
+
+@dataclass(slots=True)
+class _Label:
+    ts_ms: int
+    label: Any
+    open: bool = True
+
+
+@dataclass(slots=True)
+class _Bucket:
+    """Everything of one window start: predictions, labels and window accumulators."""
+
+    preds: dict[str, _Pred] = field(default_factory=dict)
+    labels: dict[str, _Label] = field(default_factory=dict)
+    windows: dict[WindowKey, _Window] = field(default_factory=dict)
+    first_pred: Mark | None = None  # first prediction read into this bucket
+    first_label: Mark | None = None  # first label read into this bucket or joined into its windows
+    preds_closed: bool = False  # the label watermark passed end + ttl: no label can join any more
+    labels_closed: bool = False  # the prediction watermark passed end + ttl
+
+
+@dataclass(slots=True)
+class _Window:
+    acc: ClassificationWindow
+    version: int = 0
+    dirty: bool = True
+
+
+def _earliest(a: Mark | None, b: Mark) -> Mark:
+    return b if a is None or b.offset < a.offset else a
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Rows for the sink, by table."""
+
+    windows: list[dict[str, Any]]
+    classes: list[dict[str, Any]]
+
+
+class QualityPartition:
+    """The join and the quality windows of one partition (see the module docstring)."""
+
+    def __init__(
+        self,
+        partition: int,
+        *,
+        window_ms: int,
+        lateness_ms: int,
+        label_ttl_ms: int,
+        auc_bins: int,
+        pred_max_ts: int | None = None,
+        label_max_ts: int | None = None,
+    ) -> None:
+        self.partition = partition
+        self.window_ms = window_ms
+        self.label_ttl_ms = label_ttl_ms
+        self.auc_bins = auc_bins
+        self.pred_wm = Watermark(lateness_ms)
+        self.label_wm = Watermark(lateness_ms)
+        if pred_max_ts is not None:
+            self.pred_wm.max_ts = pred_max_ts
+        if label_max_ts is not None:
+            self.label_wm.max_ts = label_max_ts
+        self.buckets: dict[int, _Bucket] = defaultdict(_Bucket)
+        self.pred_index: dict[str, _Pred] = {}
+        self.label_index: dict[str, _Label] = {}
+        self.counters: Counter[str] = Counter()
+        self.next_pred: Mark | None = None  # the next prediction offset to read, with its watermark
+        self.next_label: Mark | None = None
+
+    # --- input ----------------------------------------------------------------------------
+
+    def add_predictions(self, offset: int, preds: Sequence[Prediction]) -> None:
+        """Fold the predictions of the message at ``offset`` of the predictions topic."""
+        mark = Mark(offset, self.pred_wm.max_ts)
+        pairs: dict[WindowKey, list[tuple[_Pred, _Label]]] = defaultdict(list)
+        counts: Counter[WindowKey] = Counter()
+        for p in preds:
+            if self.pred_wm.is_late(p.ts_ms):
+                self.counters["late_predictions"] += 1
+                continue
+            if p.event_id in self.pred_index:
+                self.counters["duplicate_predictions"] += 1
+                continue
+            start = window_start(p.ts_ms, self.window_ms)
+            bucket = self.buckets[start]
+            bucket.first_pred = _earliest(bucket.first_pred, mark)
+            key = (p.model, p.model_version, p.segment, start)
+            entry = _Pred(p.ts_ms, key, p.task, p.prediction, _proba(p))
+            self.pred_index[p.event_id] = bucket.preds[p.event_id] = entry
+            counts[key] += 1
+            label = self.label_index.get(p.event_id)
+            if label is not None and label.open and self._joinable(entry.ts_ms, label.ts_ms):
+                pairs[key].append((entry, label))
+                label.open = entry.open = False
+            elif bucket.preds_closed:  # no label can still join it
+                entry.open = False
+                self.counters["expired_unlabelled"] += 1
+            self.pred_wm.observe(p.ts_ms)
+        self._fold(counts, pairs, None)
+        self.next_pred = Mark(offset + 1, self.pred_wm.max_ts)
+
+    def add_labels(self, offset: int, labels: Sequence[Label]) -> None:
+        """Fold the labels of the message at ``offset`` of the labels topic."""
+        mark = Mark(offset, self.label_wm.max_ts)
+        pairs: dict[WindowKey, list[tuple[_Pred, _Label]]] = defaultdict(list)
+        for lab in labels:
+            if self.label_wm.is_late(lab.ts_ms):
+                self.counters["late_labels"] += 1
+                continue
+            if lab.event_id in self.label_index:
+                self.counters["duplicate_labels"] += 1
+                continue
+            bucket = self.buckets[window_start(lab.ts_ms, self.window_ms)]
+            bucket.first_label = _earliest(bucket.first_label, mark)
+            entry = _Label(lab.ts_ms, lab.label)
+            self.label_index[lab.event_id] = bucket.labels[lab.event_id] = entry
+            pred = self.pred_index.get(lab.event_id)
+            if pred is not None and pred.open and self._joinable(pred.ts_ms, entry.ts_ms):
+                pairs[pred.key].append((pred, entry))
+                pred.open = entry.open = False
+            elif bucket.labels_closed:  # no prediction can still join it
+                entry.open = False
+                self.counters["unmatched_labels"] += 1
+            self.label_wm.observe(lab.ts_ms)
+        self._fold(Counter(), pairs, mark)
+        self.next_label = Mark(offset + 1, self.label_wm.max_ts)
+
+    def _joinable(self, pred_ts: int, label_ts: int) -> bool:
+        horizon = self.window_ms + self.label_ttl_ms
+        return (
+            label_ts < window_start(pred_ts, self.window_ms) + horizon
+            and pred_ts < window_start(label_ts, self.window_ms) + horizon
+        )
+
+    def _fold(
+        self,
+        counts: Counter[WindowKey],
+        pairs: dict[WindowKey, list[tuple[_Pred, _Label]]],
+        label_mark: Mark | None,
+    ) -> None:
+        for key, n in counts.items():
+            w = self._window(key)
+            w.acc.add_predictions(n)
+            w.version += n
+            w.dirty = True
+        for key, joined in pairs.items():
+            y_true, y_pred, proba = [], [], []
+            for pred, label in joined:
+                if not _label_fits(pred.task, label.label):
+                    self.counters["label_type_mismatch"] += 1
+                    continue
+                if pred.task not in CLASSIFICATION_TASKS:
+                    self.counters["labels_unsupported_task"] += 1
+                    continue
+                y_true.append(label.label)
+                y_pred.append(pred.y_pred)
+                proba.append(pred.proba)
+            self.counters["joined"] += len(joined)
+            if label_mark is not None:
+                bucket = self.buckets[key[3]]
+                bucket.first_label = _earliest(bucket.first_label, label_mark)
+            if y_true:
+                w = self._window(key)
+                w.acc.add_labelled(y_true, y_pred, proba)
+                w.version += len(y_true)
+                w.dirty = True
+
+    def _window(self, key: WindowKey) -> _Window:
+        windows = self.buckets[key[3]].windows
+        w = windows.get(key)
+        if w is None:
+            w = windows[key] = _Window(ClassificationWindow(self.auc_bins))
+        return w
+
+    # --- output ---------------------------------------------------------------------------
+
+    def flush(self) -> Rows:
+        """Rows of every window changed since the last flush; then drop what became final.
+        Call it before reading :meth:`low_watermarks` for a checkpoint."""
+        window_rows: list[dict[str, Any]] = []
+        class_rows: list[dict[str, Any]] = []
+        for bucket in self.buckets.values():
+            for key, w in bucket.windows.items():
+                if not w.dirty:
+                    continue
+                w.dirty = False
+                base = {
+                    "model": key[0],
+                    "model_version": key[1],
+                    "segment": key[2],
+                    "window_start": key[3],
+                    "window_end": key[3] + self.window_ms,
+                    "partition": self.partition,
+                    "version": w.version,
+                }
+                totals, per_class = w.acc.rows()
+                window_rows.append(base | totals)
+                class_rows.extend(base | c for c in per_class)
+        self._evict()
+        return Rows(window_rows, class_rows)
+
+    def _evict(self) -> None:
+        for start in sorted(self.buckets):
+            bucket = self.buckets[start]
+            horizon = start + self.window_ms + self.label_ttl_ms
+            if not (self.label_wm.passed(horizon) or self.pred_wm.passed(horizon)):
+                break  # later buckets have later horizons
+            if not bucket.preds_closed and self.label_wm.passed(horizon):
+                bucket.preds_closed = True
+                expired = [p for p in bucket.preds.values() if p.open]
+                for pred in expired:
+                    pred.open = False
+                self.counters["expired_unlabelled"] += len(expired)
+            if not bucket.labels_closed and self.pred_wm.passed(horizon):
+                bucket.labels_closed = True
+                unmatched = [lab for lab in bucket.labels.values() if lab.open]
+                for label in unmatched:
+                    label.open = False
+                self.counters["unmatched_labels"] += len(unmatched)
+            if bucket.preds_closed and bucket.labels_closed:
+                for event_id in bucket.preds:
+                    del self.pred_index[event_id]
+                for event_id in bucket.labels:
+                    del self.label_index[event_id]
+                del self.buckets[start]
+
+    def low_watermarks(self) -> tuple[Mark | None, Mark | None]:
+        """(predictions, labels): the first offset live state needs in each topic, with the
+        watermark there; None for a topic this partition has read nothing from."""
+        pred_marks = [b.first_pred for b in self.buckets.values() if b.first_pred is not None]
+        label_marks = [b.first_label for b in self.buckets.values() if b.first_label is not None]
+        return _lowest(pred_marks, self.next_pred), _lowest(label_marks, self.next_label)
+
+    def open_windows(self) -> int:
+        return sum(len(b.windows) for b in self.buckets.values())
+
+
+def _lowest(marks: Iterable[Mark], default: Mark | None) -> Mark | None:
+    return min(marks, key=lambda m: m.offset, default=default)
+
+
+def _proba(p: Prediction) -> dict[str, float] | None:
+    if p.probabilities is not None:
+        return dict(p.probabilities)
+    if p.task == "binary" and p.score is not None:
+        return {"1": p.score, "0": 1.0 - p.score}
+    return None
+
+
+def _label_fits(task: str, label: Any) -> bool:
+    if task == "binary":
+        return label in ("0", "1")
+    if task == "multiclass":
+        return isinstance(label, str)
+    if task == "regression":
+        return isinstance(label, float) or (isinstance(label, str) and label.lstrip("-").isdigit())
+    return isinstance(label, tuple)

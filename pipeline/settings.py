@@ -1,0 +1,141 @@
+"""The one settings object: defaults < TOML file < ``MODELMON_*`` environment < flags.
+
+Every setting is declared once below with its default, type and meaning; the CLI builds its
+flags and ``--help`` from the same declarations. Secrets are never printed.
+
+>>> s = Settings.load(env={"MODELMON_WINDOW_SECONDS": "30"}, overrides={"partitions": 2})
+>>> s.window_seconds, s.partitions
+(30, 2)
+>>> "hunter2" in repr(Settings.load(env={"MODELMON_SASL_PASSWORD": "hunter2"}))
+False
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import ssl
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def _setting(default: Any, doc: str, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc, "secret": secret}, repr=not secret)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """modelmon's configuration; see ``modelmon worker --help`` for every field."""
+
+    bootstrap_servers: str = _setting("127.0.0.1:9092", "Kafka bootstrap servers (host:port,...)")
+    topic_prefix: str = _setting("modelmon.", "prefix of every topic name")
+    partitions: int = _setting(4, "partitions of the input topics when modelmon creates them")
+    group_id: str = _setting("modelmon", "consumer group (and Faust app id) of the workers")
+    role: str = _setting("all", "what this worker runs: all, compute or sink")
+    clickhouse_dsn: str = _setting(
+        "chdb://./modelmon-data/chdb",
+        "ClickHouse: chdb:///path for the embedded engine or http(s)://user:pass@host:8123",
+        secret=True,
+    )
+    clickhouse_database: str = _setting("modelmon", "ClickHouse database of the result tables")
+    window_seconds: int = _setting(60, "tumbling event-time window size")
+    lateness_seconds: int = _setting(30, "allowed lateness: older events are counted as late")
+    label_ttl_seconds: int = _setting(
+        3600, "how long past its window a prediction waits for its label (and a label for it)"
+    )
+    auc_bins: int = _setting(1000, "score histogram bins for ROC AUC (error bound in docs)")
+    flush_interval_seconds: float = _setting(1.0, "how often changed windows are emitted")
+    max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
+    sink_batch_messages: int = _setting(500, "metrics messages per ClickHouse insert, at most")
+    sink_batch_seconds: float = _setting(1.0, "longest wait before a partial sink batch is written")
+    data_dir: str = _setting("./modelmon-data", "local directory for worker state files")
+    idle_exit_seconds: float = _setting(
+        0.0, "stop the worker after this long with no input and nothing unwritten (0 = never)"
+    )
+    session_timeout_seconds: float = _setting(10.0, "Kafka consumer-group session timeout")
+    heartbeat_interval_seconds: float = _setting(3.0, "Kafka consumer-group heartbeat interval")
+    rebalance_timeout_seconds: float = _setting(60.0, "Kafka consumer-group rebalance timeout")
+    security_protocol: str = _setting("PLAINTEXT", "PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
+    sasl_mechanism: str = _setting("", "PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
+    sasl_username: str = _setting("", "SASL user name")
+    sasl_password: str = _setting("", "SASL password (environment or file only)", secret=True)
+    ssl_cafile: str = _setting("", "CA bundle that signs the brokers' certificates")
+    ssl_certfile: str = _setting("", "client certificate (mutual TLS)")
+    ssl_keyfile: str = _setting("", "client private key (mutual TLS)")
+
+    def __post_init__(self) -> None:
+        if self.role not in ("all", "compute", "sink"):
+            raise ValueError(f"role: expected all, compute or sink, got {self.role!r}")
+        if not _IDENTIFIER.match(self.clickhouse_database):
+            raise ValueError(f"clickhouse_database: not a plain identifier: {self.clickhouse_database!r}")
+        for name in ("partitions", "window_seconds", "auc_bins", "sink_batch_messages"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.lateness_seconds < 0 or self.label_ttl_seconds < 0:
+            raise ValueError("lateness_seconds and label_ttl_seconds must be >= 0")
+
+    @classmethod
+    def load(
+        cls,
+        file: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+    ) -> Settings:
+        """Defaults, then the TOML ``file``, then ``MODELMON_<NAME>`` variables, then overrides
+        (flags; None values are ignored)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        file = file or env.get("MODELMON_CONFIG")
+        if file:
+            with open(file, "rb") as fh:
+                values.update(tomllib.load(fh))
+        for f in fields(cls):
+            name = "MODELMON_" + f.name.upper()
+            if name in env:
+                values[f.name] = env[name]
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
+        return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """Security settings in aiokafka's names, for producers, consumers and admin clients."""
+        config: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            context = ssl.create_default_context(cafile=self.ssl_cafile or None)
+            if self.ssl_certfile:
+                context.load_cert_chain(self.ssl_certfile, self.ssl_keyfile or None)
+            config["ssl_context"] = context
+        if self.security_protocol.startswith("SASL"):
+            config.update(
+                sasl_mechanism=self.sasl_mechanism or "PLAIN",
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        return config
+
+    @staticmethod
+    def docs() -> list[tuple[str, Any, str]]:
+        """(name, default, doc) of every setting, for ``--help`` and the README."""
+        return [(f.name, f.default, f.metadata["doc"]) for f in fields(Settings)]
+
+
+def _coerce(cls: type[Settings], name: str, value: Any) -> Any:
+    kind = {f.name: f.type for f in fields(cls)}[name]
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: expected {kind}, got {value!r}") from None
+    return str(value)

@@ -1,0 +1,1 @@
+"""The only code that knows ClickHouse: tables, migrations, the batched idempotent writer."""

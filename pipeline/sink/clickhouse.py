@@ -1,0 +1,100 @@
+"""The ClickHouse writer: migrations on start, batched inserts, queries.
+
+It talks to clickhouse-connect's abstract client only, so the embedded engine
+(``chdb:///path``) and a server (``http://user:pass@host:8123``) are one code path. Every
+result table is a ReplacingMergeTree keyed by what a row describes and versioned by the input
+folded into it, so a re-delivered or replayed batch leaves the tables as they were.
+chDB has no async client: callers run these methods in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import clickhouse_connect
+
+from pipeline.sink import quality_sql, tables
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[Callable[[str], list[str]], ...] = (tables.ddl, quality_sql.ddl)
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+
+
+def redact(dsn: str) -> str:
+    """The DSN with its password replaced, for logs and errors."""
+    parts = urlsplit(dsn)
+    if parts.password:
+        return dsn.replace(f":{parts.password}@", ":***@")
+    return dsn
+
+
+class ClickHouseSink:
+    """One connection to the result database; methods are blocking and thread-safe."""
+
+    def __init__(self, dsn: str, database: str) -> None:
+        if not _IDENTIFIER.match(database):
+            raise ValueError(f"database name must be a plain identifier, got {database!r}")
+        if dsn.startswith("chdb://"):
+            Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+        self.database = database
+        self._lock = threading.Lock()
+        try:
+            self._client = clickhouse_connect.get_client(dsn=dsn)
+        except Exception as exc:
+            raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {exc}") from None
+        self._map_columns: dict[str, set[str]] = {}
+
+    def migrate(self) -> None:
+        """Create the database, tables and views that do not exist yet (idempotent)."""
+        with self._lock:
+            self._client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            for ddl in MIGRATIONS:
+                for statement in ddl(self.database):
+                    self._client.command(statement)
+            self._client.database = self.database  # unqualified names in queries resolve here
+
+    def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Insert rows (dicts with the same keys) into ``table`` of the result database."""
+        if not rows:
+            return
+        if not _IDENTIFIER.match(table):
+            raise ValueError(f"table name must be a plain identifier, got {table!r}")
+        columns = list(rows[0])
+        maps = self._maps(table)
+        data = [
+            [_map_keys(row[c]) if c in maps else row[c] for c in columns] for row in rows
+        ]
+        with self._lock:
+            self._client.insert(f"{self.database}.{table}", data, column_names=columns)
+
+    def query(
+        self, sql: str, parameters: Mapping[str, Any] | None = None
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run a query (after :meth:`migrate`, unqualified names are the result database's);
+        values go in ``parameters`` ({name:Type} placeholders), never into the SQL text."""
+        with self._lock:
+            result = self._client.query(sql, parameters=parameters)
+        return list(result.column_names), list(result.result_rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._client.close()
+
+    def _maps(self, table: str) -> set[str]:
+        if table not in self._map_columns:
+            with self._lock:
+                described = self._client.query(f"DESCRIBE TABLE {self.database}.{table}").result_rows
+            self._map_columns[table] = {r[0] for r in described if str(r[1]).startswith("Map(")}
+        return self._map_columns[table]
+
+
+def _map_keys(value: Mapping[Any, Any]) -> dict[int, Any]:
+    # JSON carries map keys as strings; the histogram maps are keyed by bin number.
+    return {int(k): v for k, v in value.items()}

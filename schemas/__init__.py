@@ -1,0 +1,1 @@
+"""Event and result contracts shared by producers and the pipeline."""

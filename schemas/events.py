@@ -1,0 +1,361 @@
+"""The event contracts: one frozen definition per event kind, and its validation.
+
+Every decoder takes the JSON object a producer sent and returns the frozen event, or raises
+:class:`SchemaError` naming the first offending field. Validation is hand-written (no
+reflection) because it runs once per event on the hot path.
+
+>>> p = decode_prediction({"event_id": "e1", "model": "digits", "ts": 1700000000.5,
+...                        "task": "multiclass", "prediction": 3})
+>>> p.prediction, p.ts_ms, p.segment
+('3', 1700000000500, '')
+>>> decode_prediction({"event_id": "e1", "model": "digits", "ts": "soon", "task": "multiclass",
+...                    "prediction": 3})
+Traceback (most recent call last):
+...
+schemas.events.SchemaError: ts: expected epoch seconds (number) or an ISO-8601 string, got 'soon'
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+SCHEMA_VERSION: Final = 1
+TASKS: Final = ("binary", "multiclass", "regression", "ranking")
+CLASSIFICATION_TASKS: Final = ("binary", "multiclass")
+INTERACTION_KINDS: Final = ("impression", "click", "conversion")
+MAX_ID_LEN: Final = 256
+MAX_NAME_LEN: Final = 128
+MAX_FEATURES: Final = 1024
+MAX_VECTOR_LEN: Final = 65536
+MAX_CLASSES: Final = 1000
+
+Feature = float | str | None | tuple[float, ...]
+
+
+class SchemaError(ValueError):
+    """An event does not match its contract; ``field`` names where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One model output. ``prediction`` is a class label (str) or a number (regression) or a
+    ranked list of item ids (ranking); ``probabilities`` maps class label to probability."""
+
+    event_id: str
+    model: str
+    model_version: str
+    ts_ms: int
+    task: str
+    prediction: str | float | tuple[str, ...]
+    score: float | None = None
+    probabilities: Mapping[str, float] | None = None
+    features: Mapping[str, Feature] | None = None
+    segment: str = ""
+    latency_ms: float | None = None
+    client_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """Ground truth for the prediction with the same ``event_id``, arriving later."""
+
+    event_id: str
+    ts_ms: int
+    label: str | float | tuple[str, ...]
+    model: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """A business event (impression, click, conversion) tied to a prediction or a variant."""
+
+    event_id: str
+    model: str
+    ts_ms: int
+    kind: str
+    variant: str = ""
+    value: float = 1.0
+    prediction_id: str | None = None
+    segment: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingStep:
+    """One training iteration's measurements: loss, validation metrics, norms."""
+
+    run_id: str
+    model: str
+    ts_ms: int
+    step: int
+    metrics: Mapping[str, float]
+    epoch: int | None = None
+
+
+# --- field checks -------------------------------------------------------------------------
+
+
+def _require(obj: Mapping[str, Any], field: str) -> Any:
+    try:
+        return obj[field]
+    except KeyError:
+        raise SchemaError(field, "required field is missing") from None
+
+
+def _text(value: Any, field: str, max_len: int = MAX_NAME_LEN, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise SchemaError(field, f"expected a string, got {type(value).__name__}")
+    if not value and not allow_empty:
+        raise SchemaError(field, "must not be empty")
+    if len(value) > max_len:
+        raise SchemaError(field, f"longer than {max_len} characters")
+    return value
+
+
+def _number(value: Any, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise SchemaError(field, f"expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SchemaError(field, f"must be finite, got {value}")
+    return value
+
+
+def _opt_number(obj: Mapping[str, Any], field: str) -> float | None:
+    value = obj.get(field)
+    return None if value is None else _number(value, field)
+
+
+def _int(value: Any, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SchemaError(field, f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _timestamp_ms(value: Any, field: str = "ts") -> int:
+    """Epoch seconds (int or float) or an ISO-8601 string with a zone, to epoch milliseconds."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            parsed = None
+        if parsed is None or parsed.tzinfo is None:
+            raise SchemaError(
+                field, f"expected epoch seconds (number) or an ISO-8601 string, got {value!r}"
+            )
+        return round(parsed.timestamp() * 1000)
+    seconds = _number(value, field)
+    if not 0 <= seconds < 32503680000:  # year 3000
+        raise SchemaError(field, f"epoch seconds out of range: {seconds}")
+    return round(seconds * 1000)
+
+
+def _class_label(value: Any, field: str) -> str:
+    """Class labels are compared as strings: 3, "3" and True/1 name the same class."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return _text(value, field, MAX_NAME_LEN)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    raise SchemaError(field, f"expected a class label (string, integer or bool), got {value!r}")
+
+
+def _ranking(value: Any, field: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise SchemaError(field, "expected a non-empty list of item ids")
+    return tuple(_class_label(v, f"{field}[{i}]") for i, v in enumerate(value))
+
+
+def _target(task: str, value: Any, field: str) -> str | float | tuple[str, ...]:
+    if value is None:
+        raise SchemaError(field, "required field is missing")
+    if task == "regression":
+        return _number(value, field)
+    if task == "ranking":
+        return _ranking(value, field)
+    label = _class_label(value, field)
+    if task == "binary" and label not in ("0", "1"):
+        raise SchemaError(field, f"binary labels are 0/1 or false/true, got {value!r}")
+    return label
+
+
+def _probabilities(value: Any, field: str = "probabilities") -> dict[str, float]:
+    if not isinstance(value, dict) or not value:
+        raise SchemaError(field, "expected a non-empty object of class label -> probability")
+    if len(value) > MAX_CLASSES:
+        raise SchemaError(field, f"more than {MAX_CLASSES} classes")
+    out = {}
+    for cls, p in value.items():
+        p = _number(p, f"{field}.{cls}")
+        if not 0.0 <= p <= 1.0:
+            raise SchemaError(f"{field}.{cls}", f"probability outside [0, 1]: {p}")
+        out[_class_label(cls, f"{field}.{cls}")] = p
+    return out
+
+
+def _features(value: Any, field: str = "features") -> dict[str, Feature]:
+    if not isinstance(value, dict):
+        raise SchemaError(field, f"expected an object of name -> value, got {type(value).__name__}")
+    if len(value) > MAX_FEATURES:
+        raise SchemaError(field, f"more than {MAX_FEATURES} features")
+    out: dict[str, Feature] = {}
+    for name, v in value.items():
+        _text(name, f"{field} name", MAX_NAME_LEN)
+        if v is None or isinstance(v, str):
+            out[name] = v
+        elif isinstance(v, list):
+            if len(v) > MAX_VECTOR_LEN:
+                raise SchemaError(f"{field}.{name}", f"vector longer than {MAX_VECTOR_LEN}")
+            out[name] = tuple(_number(x, f"{field}.{name}") for x in v)
+        elif isinstance(v, bool) or not isinstance(v, int | float):
+            raise SchemaError(f"{field}.{name}", f"unsupported feature type {type(v).__name__}")
+        else:
+            # NaN/inf in a feature is a data-quality fact to measure, not a schema violation;
+            # JSON cannot carry them, so they arrive only from non-standard encoders.
+            out[name] = float(v)
+    return out
+
+
+def segment_key(value: Any, field: str = "segment") -> str:
+    """Canonical segment key: tags sorted by name, ``k=v`` joined by commas; '' for none."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return _text(value, field, MAX_NAME_LEN, allow_empty=True)
+    if not isinstance(value, dict):
+        raise SchemaError(field, f"expected an object of tag -> value, got {type(value).__name__}")
+    parts = []
+    for k in sorted(value):
+        v = value[k]
+        if not isinstance(v, str | int) or isinstance(v, bool):
+            raise SchemaError(f"{field}.{k}", f"tag values are strings or integers, got {v!r}")
+        parts.append(f"{k}={v}")
+    key = ",".join(parts)
+    if len(key) > 4 * MAX_NAME_LEN:
+        raise SchemaError(field, "segment tags too long")
+    return key
+
+
+def _check_version(obj: Mapping[str, Any]) -> None:
+    version = obj.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise SchemaError("schema_version", f"unsupported version {version!r} (this is {SCHEMA_VERSION})")
+
+
+# --- decoders -------------------------------------------------------------------------------
+
+
+def decode_prediction(obj: Mapping[str, Any]) -> Prediction:
+    """Validate one prediction object (see the module docstring)."""
+    _check_version(obj)
+    task = _require(obj, "task")
+    if task not in TASKS:
+        raise SchemaError("task", f"unknown task type {task!r}; expected one of {', '.join(TASKS)}")
+    probabilities = obj.get("probabilities")
+    score = _opt_number(obj, "score")
+    if score is not None and task == "binary" and not 0.0 <= score <= 1.0:
+        raise SchemaError("score", f"binary score is P(label=1), outside [0, 1]: {score}")
+    features = obj.get("features")
+    client_id = obj.get("client_id")
+    latency = _opt_number(obj, "latency_ms")
+    if latency is not None and latency < 0:
+        raise SchemaError("latency_ms", f"must be >= 0, got {latency}")
+    return Prediction(
+        event_id=_text(_require(obj, "event_id"), "event_id", MAX_ID_LEN),
+        model=_text(_require(obj, "model"), "model"),
+        model_version=_text(obj.get("model_version", ""), "model_version", allow_empty=True),
+        ts_ms=_timestamp_ms(_require(obj, "ts")),
+        task=task,
+        prediction=_target(task, obj.get("prediction"), "prediction"),
+        score=score,
+        probabilities=None if probabilities is None else _probabilities(probabilities),
+        features=None if features is None else _features(features),
+        segment=segment_key(obj.get("segment")),
+        latency_ms=latency,
+        client_id=None if client_id is None else _text(client_id, "client_id", MAX_ID_LEN),
+    )
+
+
+def decode_label(obj: Mapping[str, Any]) -> Label:
+    """Validate one label object. The label's type is checked against the prediction's task
+    when the two are joined, since a label source need not know the task."""
+    _check_version(obj)
+    value = obj.get("label")
+    if value is None:
+        raise SchemaError("label", "required field is missing")
+    if isinstance(value, list):
+        label: str | float | tuple[str, ...] = _ranking(value, "label")
+    elif isinstance(value, float) and not value.is_integer():
+        label = _number(value, "label")
+    else:
+        label = _class_label(value, "label")
+    model = obj.get("model")
+    return Label(
+        event_id=_text(_require(obj, "event_id"), "event_id", MAX_ID_LEN),
+        ts_ms=_timestamp_ms(_require(obj, "ts")),
+        label=label,
+        model=None if model is None else _text(model, "model"),
+    )
+
+
+def decode_interaction(obj: Mapping[str, Any]) -> Interaction:
+    """Validate one business interaction."""
+    _check_version(obj)
+    kind = _require(obj, "kind")
+    if kind not in INTERACTION_KINDS:
+        raise SchemaError("kind", f"unknown interaction {kind!r}; expected one of {INTERACTION_KINDS}")
+    prediction_id = obj.get("prediction_id")
+    value = obj.get("value", 1.0)
+    return Interaction(
+        event_id=_text(_require(obj, "event_id"), "event_id", MAX_ID_LEN),
+        model=_text(_require(obj, "model"), "model"),
+        ts_ms=_timestamp_ms(_require(obj, "ts")),
+        kind=kind,
+        variant=_text(obj.get("variant", ""), "variant", allow_empty=True),
+        value=_number(value, "value"),
+        prediction_id=None if prediction_id is None else _text(prediction_id, "prediction_id", MAX_ID_LEN),
+        segment=segment_key(obj.get("segment")),
+    )
+
+
+def decode_training_step(obj: Mapping[str, Any]) -> TrainingStep:
+    """Validate one training step. Non-finite metric values are rejected here because JSON
+    cannot carry them; producers report a NaN loss as the string "nan" in ``metrics``."""
+    _check_version(obj)
+    metrics = _require(obj, "metrics")
+    if not isinstance(metrics, dict) or not metrics:
+        raise SchemaError("metrics", "expected a non-empty object of name -> number")
+    parsed: dict[str, float] = {}
+    for name, v in metrics.items():
+        _text(name, "metrics name")
+        if isinstance(v, str) and v.lower() in ("nan", "inf", "-inf", "infinity", "-infinity"):
+            parsed[name] = float(v)
+        else:
+            parsed[name] = float(_number(v, f"metrics.{name}"))
+    epoch = obj.get("epoch")
+    return TrainingStep(
+        run_id=_text(_require(obj, "run_id"), "run_id", MAX_ID_LEN),
+        model=_text(_require(obj, "model"), "model"),
+        ts_ms=_timestamp_ms(_require(obj, "ts")),
+        step=_int(_require(obj, "step"), "step"),
+        metrics=parsed,
+        epoch=None if epoch is None else _int(epoch, "epoch"),
+    )
+
+
+DECODERS: Final[dict[str, Callable[[Mapping[str, Any]], Any]]] = {
+    "prediction": decode_prediction,
+    "label": decode_label,
+    "interaction": decode_interaction,
+    "training": decode_training_step,
+}

@@ -1,0 +1,39 @@
+"""Result rows on the ``metrics`` topic: one message carries many rows of one table.
+
+Alerting consumers read the same messages the sink writes to ClickHouse. Times are epoch
+milliseconds; ``version`` grows with the input folded into a row, so the highest wins.
+
+>>> decode_rows(encode_rows("quality_partials", [{"model": "m", "version": 3}]))
+RowBatch(table='quality_partials', rows=[{'model': 'm', 'version': 3}])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from schemas.events import SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class RowBatch:
+    table: str
+    rows: list[dict[str, Any]]
+
+
+def encode_rows(table: str, rows: Sequence[dict[str, Any]]) -> bytes:
+    return orjson.dumps(
+        {"schema_version": SCHEMA_VERSION, "kind": "rows", "table": table, "rows": list(rows)},
+        option=orjson.OPT_NON_STR_KEYS,
+    )
+
+
+def decode_rows(raw: bytes) -> RowBatch:
+    """Decode a metrics message; raises ValueError when it is not one."""
+    obj = orjson.loads(raw)
+    if not isinstance(obj, dict) or obj.get("kind") != "rows" or not isinstance(obj.get("rows"), list):
+        raise ValueError("not a rows message")
+    return RowBatch(str(obj["table"]), obj["rows"])

@@ -1,0 +1,69 @@
+"""Helpers for tests that run real worker processes against the session broker.
+
+Each test gets its own topic prefix and consumer group on the shared broker and its own chDB
+path, owned by the worker process; results are read back through ``modelmon query`` in a
+child process, as chDB allows one database path per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from pipeline.app import all_topics
+from pipeline.embedded import EMBEDDED_WORKER_FLAGS, EmbeddedBroker, run_worker_until_idle
+from pipeline.kafka import ensure_topics
+from pipeline.settings import Settings
+
+
+class Deployment:
+    """One isolated modelmon deployment on the shared broker."""
+
+    def __init__(self, broker: EmbeddedBroker, root: Path, partitions: int = 3) -> None:
+        self.bootstrap_servers = broker.bootstrap_servers
+        self.root = root
+        name = uuid.uuid4().hex[:8]
+        self.prefix = f"t{name}."
+        self.group = f"g{name}"
+        self.partitions = partitions
+        self.dsn = f"chdb://{root / 'chdb'}"
+        settings = Settings.load(overrides={"topic_prefix": self.prefix, "partitions": partitions})
+        asyncio.run(ensure_topics(self.bootstrap_servers, all_topics(settings)))
+
+    def settings(self, **overrides: Any) -> dict[str, str]:
+        base = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "topic_prefix": self.prefix,
+            "group_id": self.group,
+            "partitions": str(self.partitions),
+            "clickhouse_dsn": self.dsn,
+            "data_dir": str(self.root),
+            "idle_exit_seconds": "3",
+            **EMBEDDED_WORKER_FLAGS,
+        }
+        base.update({k: str(v) for k, v in overrides.items()})
+        return base
+
+    def run_worker(self, timeout: float = 240, **overrides: Any) -> float:
+        return run_worker_until_idle(self.settings(**overrides), timeout, str(self.root / "worker.log"))
+
+    def query(self, sql: str) -> list[dict[str, Any]]:
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline.cli", "--log-level=WARNING", "query", "--format=json",
+             f"--clickhouse-dsn={self.dsn}", sql],
+            check=True, capture_output=True, timeout=120,
+        )
+        return orjson.loads(out.stdout)
+
+
+@pytest.fixture
+def deployment(broker: EmbeddedBroker, tmp_path: Path) -> Callable[..., Deployment]:
+    return lambda **kw: Deployment(broker, tmp_path, **kw)
