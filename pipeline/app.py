@@ -97,11 +97,11 @@ def all_topics(settings: Settings) -> dict[str, int]:
     return {name: settings.partitions for name in names}
 
 
-def run_worker(settings: Settings) -> None:
+def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     """Create the topics, then run a Faust worker until it is stopped."""
     asyncio.run(ensure_topics(settings.bootstrap_servers, all_topics(settings),
                               settings.kafka_client_config()))
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
-    worker = faust.Worker(app, loglevel="INFO", quiet=True)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -58,7 +58,7 @@ def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.app import run_worker
 
-    run_worker(_settings(args))
+    run_worker(_settings(args), args.log_level.upper())
     return 0
 
 

@@ -9,6 +9,7 @@ rebalanced worker re-reads from the first offset live state needed and rebuilds 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter, deque
@@ -48,8 +49,11 @@ class ComputeRuntime:
         self.counters: Counter[tuple[int, str]] = Counter()
         self.emitted_counters: dict[tuple[int, str], int] = {}
         self.counter_version = 0
+        self.outbox: list[tuple[str, bytes, int | None, dict[str, bytes] | None]] = []
+        self.first_input: float | None = None
         self.last_input = time.monotonic()
         self.seen_input = False
+        self.events_in = 0
 
     # --- input ----------------------------------------------------------------------------
 
@@ -58,6 +62,8 @@ class ComputeRuntime:
         message = event.message
         tp = message.tp
         self.last_input = time.monotonic()
+        if self.first_input is None:
+            self.first_input = self.last_input
         self.seen_input = True
         state = self.states.get(tp.partition)
         if state is None:
@@ -67,9 +73,10 @@ class ComputeRuntime:
         kind = self.topics.kind_of(tp.topic)
         decoded = decode_message(message.value, kind, self.settings.max_message_bytes)
         for rejected in decoded.rejected:
-            await self._dead_letter(message, rejected)
+            self._dead_letter(message, rejected)
         self.counters[(tp.partition, f"{kind}s_valid")] += len(decoded.events)
         self.counters[(tp.partition, "dead_letters")] += len(decoded.rejected)
+        self.events_in += len(decoded.events) + len(decoded.rejected)
         if kind == "prediction":
             state.add_predictions(message.offset, decoded.events)
         else:
@@ -112,7 +119,7 @@ class ComputeRuntime:
                 tp.topic, tp.partition, offset,
             )
 
-    async def _dead_letter(self, message: Any, rejected: Rejected) -> None:
+    def _dead_letter(self, message: Any, rejected: Rejected) -> None:
         raw = rejected.raw
         headers = {
             "reason": rejected.reason.encode(),
@@ -123,48 +130,63 @@ class ComputeRuntime:
             "raw_size": str(len(raw)).encode(),
             "received_at": str(int(time.time() * 1000)).encode(),
         }
-        await self.app.producer.send(
-            self.topics.deadletter,
-            key=None,
-            value=raw[:DEAD_LETTER_RAW_BYTES],
-            partition=message.partition,
-            timestamp=None,
-            headers=headers,
+        self.outbox.append(
+            (self.topics.deadletter, raw[:DEAD_LETTER_RAW_BYTES], message.partition, headers)
         )
 
     # --- output ---------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Emit changed windows, then checkpoint and acknowledge what live state released."""
-        producer = self.app.producer
+        """Emit dead letters and changed windows; once Kafka acknowledged all of them, write
+        the checkpoints and acknowledge what live state released, so Faust commits it."""
+        released: list[tuple[int, QualityPartition, dict[str, Mark]]] = []
         for partition, state in list(self.states.items()):
             rows = state.flush()
-            pred_mark, label_mark = state.low_watermarks()
-            for table, batch in (("quality_partials", rows.windows), ("quality_class_partials", rows.classes)):
+            for table, batch in (("quality_partials", rows.windows),
+                                 ("quality_class_partials", rows.classes)):
                 for chunk in _chunks(batch, ROWS_PER_MESSAGE):
-                    await producer.send(
-                        self.topics.metrics, key=None, value=encode_rows(table, chunk),
-                        partition=None, timestamp=None, headers=None,
-                    )
+                    self.outbox.append((self.topics.metrics, encode_rows(table, chunk), None, None))
             for name, value in state.counters.items():
                 self.counters[(partition, name)] = value
-            await producer.flush()  # rows and dead letters are durable before offsets move
+            pred_mark, label_mark = state.low_watermarks()
             marks = {t: m for t, m in ((self.topics.predictions, pred_mark),
                                        (self.topics.labels, label_mark)) if m is not None}
-            await self._checkpoint(partition, marks)
+            released.append((partition, state, marks))
+        self.outbox.extend(self._counter_messages())
+        if not await self._send_outbox():
+            return  # nothing is acknowledged; the outbox is sent again next time
+        for partition, _, marks in released:
+            self._checkpoint(partition, marks)
+        if not await self._send_outbox():
+            return
+        for partition, state, marks in released:
             if self.states.get(partition) is state:  # not revoked meanwhile
                 self._ack(partition, marks)
-        await self._emit_counters()
 
-    async def _checkpoint(self, partition: int, marks: dict[str, Mark]) -> None:
+    async def _send_outbox(self) -> bool:
+        """Send every queued message and wait for Kafka's acks; on failure keep them queued."""
+        outbox, self.outbox = self.outbox, []
+        producer = self.app.producer
+        try:
+            acks = [
+                await producer.send(topic, key=None, value=value, partition=partition,
+                                    timestamp=None, headers=headers)
+                for topic, value, partition, headers in outbox
+            ]
+            await asyncio.gather(*acks)
+            return True
+        except Exception as exc:  # noqa: BLE001 - any failure: keep the messages, retry later
+            log.error("emitting %d messages failed, retrying at the next flush: %r", len(outbox), exc)
+            self.outbox = outbox + self.outbox
+            return False
+
+    def _checkpoint(self, partition: int, marks: dict[str, Mark]) -> None:
+        """Queue a checkpoint record if the positions moved since the last one."""
         last = self.written.get(partition)
         if last is not None and dict(last.current) == marks:
             return
         record = Checkpoint(partition, marks, dict(last.current) if last else {})
-        await self.app.producer.send_and_wait(
-            self.topics.checkpoints, key=str(partition).encode(), value=record.encode(),
-            partition=partition, timestamp=None, headers=None,
-        )
+        self.outbox.append((self.topics.checkpoints, record.encode(), partition, None))
         self.written[partition] = record
 
     def _ack(self, partition: int, marks: dict[str, Mark]) -> None:
@@ -173,21 +195,18 @@ class ComputeRuntime:
             while pending and pending[0].message.offset < mark.offset:
                 pending.popleft().ack()
 
-    async def _emit_counters(self) -> None:
+    def _counter_messages(self) -> list[tuple[str, bytes, int | None, None]]:
         changed = {k: v for k, v in self.counters.items() if self.emitted_counters.get(k) != v}
         if not changed:
-            return
+            return []
         self.counter_version += 1
+        self.emitted_counters.update(changed)
         rows = [
             {"stage": "compute", "run_id": self.run_id, "partition": p, "counter": name,
              "value": value, "version": self.counter_version}
             for (p, name), value in changed.items()
         ]
-        await self.app.producer.send_and_wait(
-            self.topics.metrics, key=None, value=encode_rows("pipeline_counters", rows),
-            partition=None, timestamp=None, headers=None,
-        )
-        self.emitted_counters.update(changed)
+        return [(self.topics.metrics, encode_rows("pipeline_counters", rows), None, None)]
 
     def revoke(self, tps: Iterable[TP]) -> None:
         """Forget partitions another worker now owns; it rebuilds them from the checkpoint."""
@@ -198,8 +217,15 @@ class ComputeRuntime:
             self.checkpoints.pop(tp.partition, None)
             self.written.pop(tp.partition, None)
 
+    def throughput(self) -> str:
+        """Events read and the rate between the first and the last input of this run."""
+        span = self.last_input - self.first_input if self.first_input is not None else 0.0
+        rate = self.events_in / span if span > 0 else 0.0
+        return f"compute: {self.events_in} events in {span:.2f}s of input ({rate:,.0f} events/s)"
+
     def idle(self) -> bool:
-        return not any(w.dirty for s in self.states.values() for b in s.buckets.values()
+        """Nothing waits to be emitted."""
+        return not self.outbox and not any(w.dirty for s in self.states.values() for b in s.buckets.values()
                        for w in b.windows.values())
 
 

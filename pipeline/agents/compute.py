@@ -25,6 +25,10 @@ def register(app: faust.App, runtime: ComputeRuntime) -> None:
     async def flush() -> None:
         await runtime.flush()
 
+    @app.on_before_shutdown.connect
+    async def report(sender: Any, **_: Any) -> None:
+        print(runtime.throughput(), flush=True)  # the worker's last word, on stdout
+
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         runtime.revoke(revoked)
