@@ -92,15 +92,26 @@ def _register_idle_exit(
 
 def all_topics(settings: Settings) -> dict[str, int]:
     t = Topics(settings.topic_prefix)
-    names = (t.predictions, t.labels, t.interactions, t.training, t.metrics, t.alerts,
-             t.deadletter, t.checkpoints)
+    names = (
+        t.predictions,
+        t.labels,
+        t.interactions,
+        t.training,
+        t.metrics,
+        t.alerts,
+        t.deadletter,
+        t.checkpoints,
+    )
     return {name: settings.partitions for name in names}
 
 
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     """Create the topics, then run a Faust worker until it is stopped."""
-    asyncio.run(ensure_topics(settings.bootstrap_servers, all_topics(settings),
-                              settings.kafka_client_config()))
+    asyncio.run(
+        ensure_topics(
+            settings.bootstrap_servers, all_topics(settings), settings.kafka_client_config()
+        )
+    )
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)

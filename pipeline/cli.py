@@ -29,7 +29,10 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
             continue
         shown = "<secret>" if name == "clickhouse_dsn" else default
         group.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar=type(default).__name__.upper(),
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar=type(default).__name__.upper(),
             help=f"{doc} (default: {shown})",
         )
 
@@ -107,42 +110,58 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    worker = sub.add_parser("worker", help="run a worker (compute, sink or both)",
-                            description="Run a Faust worker of the given --role until stopped.")
+    worker = sub.add_parser(
+        "worker",
+        help="run a worker (compute, sink or both)",
+        description="Run a Faust worker of the given --role until stopped.",
+    )
     _add_settings_flags(worker)
     worker.set_defaults(func=cmd_worker)
 
-    query = sub.add_parser("query", help="run SQL against the result database and print it",
-                           description="Run one SQL statement against the result database. "
-                           "With the embedded chDB, run it while no worker holds the database.")
+    query = sub.add_parser(
+        "query",
+        help="run SQL against the result database and print it",
+        description="Run one SQL statement against the result database. "
+        "With the embedded chDB, run it while no worker holds the database.",
+    )
     query.add_argument("sql", help='e.g. "SELECT * FROM quality_windows ORDER BY window_start"')
     query.add_argument("--format", choices=("table", "json"), default="table")
     _add_settings_flags(query)
     query.set_defaults(func=cmd_query)
 
-    simulate = sub.add_parser("simulate", help="produce the demo's traffic to a broker",
-                              description="Serve a scikit-learn digits classifier and produce its "
-                              "predictions, then delayed labels, degrading halfway.")
+    simulate = sub.add_parser(
+        "simulate",
+        help="produce the demo's traffic to a broker",
+        description="Serve a scikit-learn digits classifier and produce its "
+        "predictions, then delayed labels, degrading halfway.",
+    )
     simulate.add_argument("--events", type=int, default=20_000, help="predictions to produce")
     simulate.add_argument("--seed", type=int, default=0, help="random seed")
     _add_settings_flags(simulate)
     simulate.set_defaults(func=cmd_simulate)
 
-    demo = sub.add_parser("demo", help="the embedded demo: broker, worker, chDB, traffic, report",
-                          description="Start an embedded broker, a worker and chDB, send the digits "
-                          "classifier's traffic, and print per-window quality from ClickHouse.")
+    demo = sub.add_parser(
+        "demo",
+        help="the embedded demo: broker, worker, chDB, traffic, report",
+        description="Start an embedded broker, a worker and chDB, send the digits "
+        "classifier's traffic, and print per-window quality from ClickHouse.",
+    )
     demo.add_argument("--events", type=int, default=20_000, help="predictions to produce")
     demo.add_argument("--seed", type=int, default=0, help="random seed")
-    demo.add_argument("--data-dir", default="./modelmon-data/demo",
-                      help="where the demo keeps chDB (emptied first)")
+    demo.add_argument(
+        "--data-dir",
+        default="./modelmon-data/demo",
+        help="where the demo keeps chDB (emptied first)",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args))
     except (ValueError, ConnectionError) as exc:

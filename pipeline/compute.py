@@ -106,17 +106,25 @@ class ComputeRuntime:
             if self.checkpoints[tp.partition]:
                 self.written[tp.partition] = self.checkpoints[tp.partition][-1]
         mark = next(
-            (m for c in reversed(self.checkpoints[tp.partition]) if (m := c.find(tp.topic, offset))),
+            (
+                m
+                for c in reversed(self.checkpoints[tp.partition])
+                if (m := c.find(tp.topic, offset))
+            ),
             None,
         )
         if mark is not None:
             wm = state.pred_wm if tp.topic == self.topics.predictions else state.label_wm
             wm.max_ts = mark.max_ts
-            log.info("resumed %s[%d] at offset %d from its checkpoint", tp.topic, tp.partition, offset)
+            log.info(
+                "resumed %s[%d] at offset %d from its checkpoint", tp.topic, tp.partition, offset
+            )
         elif offset > 0:
             log.warning(
                 "no checkpoint for %s[%d] at offset %d: its watermark restarts from the data",
-                tp.topic, tp.partition, offset,
+                tp.topic,
+                tp.partition,
+                offset,
             )
 
     def _dead_letter(self, message: Any, rejected: Rejected) -> None:
@@ -142,15 +150,20 @@ class ComputeRuntime:
         released: list[tuple[int, QualityPartition, dict[str, Mark]]] = []
         for partition, state in list(self.states.items()):
             rows = state.flush()
-            for table, batch in (("quality_partials", rows.windows),
-                                 ("quality_class_partials", rows.classes)):
+            for table, batch in (
+                ("quality_partials", rows.windows),
+                ("quality_class_partials", rows.classes),
+            ):
                 for chunk in _chunks(batch, ROWS_PER_MESSAGE):
                     self.outbox.append((self.topics.metrics, encode_rows(table, chunk), None, None))
             for name, value in state.counters.items():
                 self.counters[(partition, name)] = value
             pred_mark, label_mark = state.low_watermarks()
-            marks = {t: m for t, m in ((self.topics.predictions, pred_mark),
-                                       (self.topics.labels, label_mark)) if m is not None}
+            marks = {
+                t: m
+                for t, m in ((self.topics.predictions, pred_mark), (self.topics.labels, label_mark))
+                if m is not None
+            }
             released.append((partition, state, marks))
         self.outbox.extend(self._counter_messages())
         if not await self._send_outbox():
@@ -169,14 +182,22 @@ class ComputeRuntime:
         producer = self.app.producer
         try:
             acks = [
-                await producer.send(topic, key=None, value=value, partition=partition,
-                                    timestamp=None, headers=headers)
+                await producer.send(
+                    topic,
+                    key=None,
+                    value=value,
+                    partition=partition,
+                    timestamp=None,
+                    headers=headers,
+                )
                 for topic, value, partition, headers in outbox
             ]
             await asyncio.gather(*acks)
             return True
-        except Exception as exc:  # noqa: BLE001 - any failure: keep the messages, retry later
-            log.error("emitting %d messages failed, retrying at the next flush: %r", len(outbox), exc)
+        except Exception as exc:
+            log.error(
+                "emitting %d messages failed, retrying at the next flush: %r", len(outbox), exc
+            )
             self.outbox = outbox + self.outbox
             return False
 
@@ -202,8 +223,14 @@ class ComputeRuntime:
         self.counter_version += 1
         self.emitted_counters.update(changed)
         rows = [
-            {"stage": "compute", "run_id": self.run_id, "partition": p, "counter": name,
-             "value": value, "version": self.counter_version}
+            {
+                "stage": "compute",
+                "run_id": self.run_id,
+                "partition": p,
+                "counter": name,
+                "value": value,
+                "version": self.counter_version,
+            }
             for (p, name), value in changed.items()
         ]
         return [(self.topics.metrics, encode_rows("pipeline_counters", rows), None, None)]
@@ -225,8 +252,12 @@ class ComputeRuntime:
 
     def idle(self) -> bool:
         """Nothing waits to be emitted."""
-        return not self.outbox and not any(w.dirty for s in self.states.values() for b in s.buckets.values()
-                       for w in b.windows.values())
+        return not self.outbox and not any(
+            w.dirty
+            for s in self.states.values()
+            for b in s.buckets.values()
+            for w in b.windows.values()
+        )
 
 
 def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:

@@ -10,10 +10,10 @@ import asyncio
 import shutil
 from pathlib import Path
 
+from pipeline.app import all_topics
 from pipeline.embedded import EMBEDDED_WORKER_FLAGS, EmbeddedBroker, run_worker_until_idle
 from pipeline.kafka import ensure_topics
 from pipeline.settings import Settings
-from pipeline.app import all_topics
 
 QUALITY_SQL = """
 SELECT window_start, segment, predictions, labelled, accuracy, macro_recall, macro_f1,
@@ -24,10 +24,9 @@ ORDER BY window_start, segment
 
 
 def run_demo(events: int, data_dir: str, seed: int = 0) -> int:
-    from producers.simulate import simulate
-
     from pipeline.cli import _print_table
     from pipeline.sink.clickhouse import ClickHouseSink
+    from producers.simulate import simulate
 
     root = Path(data_dir).resolve()
     shutil.rmtree(root, ignore_errors=True)
@@ -36,10 +35,14 @@ def run_demo(events: int, data_dir: str, seed: int = 0) -> int:
     with EmbeddedBroker() as broker:
         settings = Settings.load(overrides={"bootstrap_servers": broker.bootstrap_servers})
         asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(settings)))
-        print(f"broker on {broker.bootstrap_servers}; sending {events} predictions and their labels")
+        print(
+            f"broker on {broker.bootstrap_servers}; sending {events} predictions and their labels"
+        )
         summary = asyncio.run(simulate(broker.bootstrap_servers, events=events, seed=seed))
-        print(f"sent {summary.predictions} predictions and {summary.labels} labels "
-              f"({summary.missing_labels} never labelled, {summary.duplicate_labels} sent twice)")
+        print(
+            f"sent {summary.predictions} predictions and {summary.labels} labels "
+            f"({summary.missing_labels} never labelled, {summary.duplicate_labels} sent twice)"
+        )
         idle = 4.0
         seconds = run_worker_until_idle(
             {
@@ -53,14 +56,18 @@ def run_demo(events: int, data_dir: str, seed: int = 0) -> int:
             log_path=str(root / "worker.log"),
         )
     log = (root / "worker.log").read_text()
-    rate = next((line[line.index("compute:"):].strip() for line in log.splitlines()
-                 if "compute:" in line), "compute: no throughput line in the worker log")
+    rate = next(
+        (line[line.index("compute:") :].strip() for line in log.splitlines() if "compute:" in line),
+        "compute: no throughput line in the worker log",
+    )
     print(f"worker ran {seconds:.1f}s (start-up and {idle:.0f}s idle wait included); {rate}")
     sink = ClickHouseSink(dsn, "modelmon")
     sink.migrate()
     columns, rows = sink.query(QUALITY_SQL)
     sink.close()
-    print(f"\nClassification quality per 1-minute window (noise added from event "
-          f"{int(events * 0.5)} on), from ClickHouse:\n")
+    print(
+        f"\nClassification quality per 1-minute window (noise added from event "
+        f"{int(events * 0.5)} on), from ClickHouse:\n"
+    )
     _print_table(columns, rows)
     return 0

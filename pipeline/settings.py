@@ -72,7 +72,9 @@ class Settings:
         if self.role not in ("all", "compute", "sink"):
             raise ValueError(f"role: expected all, compute or sink, got {self.role!r}")
         if not _IDENTIFIER.match(self.clickhouse_database):
-            raise ValueError(f"clickhouse_database: not a plain identifier: {self.clickhouse_database!r}")
+            raise ValueError(
+                f"clickhouse_database: not a plain identifier: {self.clickhouse_database!r}"
+            )
         for name in ("partitions", "window_seconds", "auc_bins", "sink_batch_messages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")

@@ -18,6 +18,7 @@ that explicit partition, so a prediction and its label always meet in the same p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import numbers
@@ -106,7 +107,9 @@ class Batcher:
             if not partitions:
                 raise ValueError(f"{kind} envelopes need the topic's partition count")
             for event in events:
-                groups.setdefault((partition_for(event["event_id"], partitions), None), []).append(event)
+                groups.setdefault((partition_for(event["event_id"], partitions), None), []).append(
+                    event
+                )
         else:
             for event in events:
                 groups.setdefault((None, event["model"].encode()), []).append(event)
@@ -127,7 +130,9 @@ class Batcher:
         if len(value) <= self.max_bytes:
             yield value, len(events)
         elif len(events) == 1:
-            failed.append((events[0], f"{len(value)} bytes exceed max_batch_bytes={self.max_bytes}"))
+            failed.append(
+                (events[0], f"{len(value)} bytes exceed max_batch_bytes={self.max_bytes}")
+            )
         else:
             parts = min(len(events), math.ceil(len(value) / self.max_bytes))
             size = math.ceil(len(events) / parts)
@@ -422,8 +427,18 @@ class MonitorClient:
         return self.log(
             "prediction",
             prediction_event(
-                event_id, model, task, prediction, ts, model_version, score, probabilities,
-                features, segment, latency_ms, client_id,
+                event_id,
+                model,
+                task,
+                prediction,
+                ts,
+                model_version,
+                score,
+                probabilities,
+                features,
+                segment,
+                latency_ms,
+                client_id,
             ),
         )
 
@@ -504,10 +519,8 @@ class MonitorClient:
         while True:
             await self._has_data.wait()
             if linger > 0 and not self._urgent.is_set():
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._urgent.wait(), linger)
-                except TimeoutError:
-                    pass
             self._has_data.clear()
             self._urgent.clear()
             for kind, events in self._pending.items():
@@ -533,24 +546,28 @@ class MonitorClient:
                 ack: asyncio.Future[Any] | None = await self._producer.send(
                     topic, envelope.value, key=envelope.key, partition=envelope.partition
                 )
-            except Exception as exc:  # noqa: BLE001 - settled (retried) below
+            except Exception as exc:
                 log.warning("send to %s failed: %r", topic, exc)
                 ack = None
             task = asyncio.create_task(self._settle(topic, envelope, ack))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-    async def _settle(self, topic: str, envelope: Envelope, ack: asyncio.Future[Any] | None) -> None:
+    async def _settle(
+        self, topic: str, envelope: Envelope, ack: asyncio.Future[Any] | None
+    ) -> None:
         """Wait for the broker's ack; a failed envelope is retried on its own (it may then land
         after later ones: the pipeline counts such events as late if they are)."""
         try:
             if ack is None:
                 raise ConnectionError("not handed to the producer")
             await ack
-        except Exception:  # noqa: BLE001 - whatever fails, the caller must not see it
+        except Exception:
             self._send_errors += 1
             if await self._with_retries(self._send_once, topic, envelope) is None:
-                self._give_up(envelope.count, f"{self.send_retries} attempts to send to {topic} failed")
+                self._give_up(
+                    envelope.count, f"{self.send_retries} attempts to send to {topic} failed"
+                )
                 return
         self._buffered -= envelope.count
         self._sent_events += envelope.count
@@ -576,7 +593,7 @@ class MonitorClient:
         for attempt in range(1, self.send_retries + 1):
             try:
                 return await action(*args)
-            except Exception as exc:  # noqa: BLE001 - whatever fails, the caller must not see it
+            except Exception as exc:
                 self._send_errors += 1
                 log.warning("send attempt %d/%d failed: %r", attempt, self.send_retries, exc)
                 if attempt < self.send_retries:

@@ -93,7 +93,9 @@ def generate(
         images = digits.data[pick].astype(float)
         noisy = index >= degrade_from
         if noisy.any():
-            images[noisy] = np.clip(images[noisy] + rng.normal(0.0, noise, images[noisy].shape), 0, 16)
+            images[noisy] = np.clip(
+                images[noisy] + rng.normal(0.0, noise, images[noisy].shape), 0, 16
+            )
         proba = clf.predict_proba(images / 16.0)
         ts = start_ts + index / events_per_second_event_time
         batch = _Batch(
@@ -111,24 +113,31 @@ def generate(
             t = float(ts[j])
             while pending and pending[0][0] <= t:
                 yield "label", heapq.heappop(pending)[2]
-            yield "prediction", {
-                "event_id": event_id,
-                "model": model,
-                "model_version": "v1",
-                "ts": t,
-                "task": "multiclass",
-                "prediction": classes[batch.predicted[j]],
-                "probabilities": dict(zip(classes, batch.proba[j], strict=True)),
-                "features": {**batch.features[j], "pixels": batch.pixels[j]},
-                "segment": {"source": batch.source[j]},
-                "latency_ms": batch.latency[j],
-            }
+            yield (
+                "prediction",
+                {
+                    "event_id": event_id,
+                    "model": model,
+                    "model_version": "v1",
+                    "ts": t,
+                    "task": "multiclass",
+                    "prediction": classes[batch.predicted[j]],
+                    "probabilities": dict(zip(classes, batch.proba[j], strict=True)),
+                    "features": {**batch.features[j], "pixels": batch.pixels[j]},
+                    "segment": {"source": batch.source[j]},
+                    "latency_ms": batch.latency[j],
+                },
+            )
             fate = batch.fate[j]
             if fate < missing_label_rate:
                 continue
             label_ts = t + float(batch.delay[j])
-            label = {"event_id": event_id, "ts": label_ts, "label": int(digits.target[pick[j]]),
-                     "model": model}
+            label = {
+                "event_id": event_id,
+                "ts": label_ts,
+                "label": int(digits.target[pick[j]]),
+                "model": model,
+            }
             copies = 2 if fate < missing_label_rate + duplicate_label_rate else 1
             for _ in range(copies):
                 heapq.heappush(pending, (label_ts, sequence, label))
@@ -189,10 +198,16 @@ async def simulate(
     if start_ts is None:
         start_ts = default_start_ts(events, events_per_second_event_time)
     traffic = generate(
-        events=events, seed=seed, model=model, start_ts=start_ts,
-        events_per_second_event_time=events_per_second_event_time, label_delay_s=label_delay_s,
-        missing_label_rate=missing_label_rate, duplicate_label_rate=duplicate_label_rate,
-        degrade_at=degrade_at, noise=noise,
+        events=events,
+        seed=seed,
+        model=model,
+        start_ts=start_ts,
+        events_per_second_event_time=events_per_second_event_time,
+        label_delay_s=label_delay_s,
+        missing_label_rate=missing_label_rate,
+        duplicate_label_rate=duplicate_label_rate,
+        degrade_at=degrade_at,
+        noise=noise,
     )
     client = MonitorClient(bootstrap_servers, topic_prefix=topic_prefix, kafka_config=kafka_config)
     await client.start()

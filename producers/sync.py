@@ -116,8 +116,18 @@ class SyncMonitorClient:
         return self.log(
             "prediction",
             prediction_event(
-                event_id, model, task, prediction, ts, model_version, score, probabilities,
-                features, segment, latency_ms, client_id,
+                event_id,
+                model,
+                task,
+                prediction,
+                ts,
+                model_version,
+                score,
+                probabilities,
+                features,
+                segment,
+                latency_ms,
+                client_id,
             ),
         )
 

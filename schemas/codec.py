@@ -13,7 +13,6 @@ one bad event in an envelope does not cost the valid ones next to it.
 from __future__ import annotations
 
 import json
-
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -64,7 +63,9 @@ def decode_message(
         out.rejected.append(Rejected(-1, "empty message (null value)", b""))
         return out
     if len(raw) > max_bytes:
-        out.rejected.append(Rejected(-1, f"message of {len(raw)} bytes exceeds the limit of {max_bytes}", raw))
+        out.rejected.append(
+            Rejected(-1, f"message of {len(raw)} bytes exceeds the limit of {max_bytes}", raw)
+        )
         return out
     try:
         obj = _loads(raw)
@@ -108,8 +109,9 @@ def _loads(raw: bytes) -> Any:
 
 
 def _envelope_problem(obj: Mapping[str, Any], kind: str) -> str | None:
-    if obj.get("schema_version") != SCHEMA_VERSION:
-        return f"envelope schema_version: unsupported {obj.get('schema_version')!r} (this is {SCHEMA_VERSION})"
+    version = obj.get("schema_version")
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
+        return f"envelope schema_version: unsupported {version!r} (this is {SCHEMA_VERSION})"
     if obj.get("kind") != kind:
         return f"envelope kind: {obj.get('kind')!r} on a {kind!r} topic"
     if not isinstance(obj["events"], list):

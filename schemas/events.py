@@ -17,11 +17,13 @@ schemas.events.SchemaError: ts: expected epoch seconds (number) or an ISO-8601 s
 
 from __future__ import annotations
 
-import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
+
+import numpy as np
 
 SCHEMA_VERSION: Final = 1
 TASKS: Final = ("binary", "multiclass", "regression", "ranking")
@@ -32,8 +34,10 @@ MAX_NAME_LEN: Final = 128
 MAX_FEATURES: Final = 1024
 MAX_VECTOR_LEN: Final = 65536
 MAX_CLASSES: Final = 1000
+MAX_EPOCH_SECONDS: Final = 32503680000  # 3000-01-01
+_SEGMENT_SEPARATORS: Final = re.compile("[=,]")
 
-Feature = float | str | None | tuple[float, ...]
+Feature = float | str | None | np.ndarray  # vectors are read-only float64 arrays
 
 
 class SchemaError(ValueError):
@@ -120,12 +124,17 @@ def _text(value: Any, field: str, max_len: int = MAX_NAME_LEN, allow_empty: bool
 
 
 def _number(value: Any, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise SchemaError(field, f"expected a number, got {type(value).__name__}")
-    value = float(value)
-    if not math.isfinite(value):
+    kind = type(value)
+    if kind is float:
+        if value - value == 0.0:  # finite: inf - inf and nan - nan are nan
+            return value  # type: ignore[no-any-return]
         raise SchemaError(field, f"must be finite, got {value}")
-    return value
+    if kind is int:
+        try:
+            return float(value)
+        except OverflowError:
+            raise SchemaError(field, "number out of range") from None
+    raise SchemaError(field, f"expected a number, got {kind.__name__}")
 
 
 def _opt_number(obj: Mapping[str, Any], field: str) -> float | None:
@@ -150,22 +159,25 @@ def _timestamp_ms(value: Any, field: str = "ts") -> int:
             raise SchemaError(
                 field, f"expected epoch seconds (number) or an ISO-8601 string, got {value!r}"
             )
-        return round(parsed.timestamp() * 1000)
-    seconds = _number(value, field)
-    if not 0 <= seconds < 32503680000:  # year 3000
-        raise SchemaError(field, f"epoch seconds out of range: {seconds}")
+        seconds = parsed.timestamp()
+    else:
+        seconds = _number(value, field)
+    if not 0 <= seconds < MAX_EPOCH_SECONDS:
+        raise SchemaError(field, f"time out of range (1970 to 3000): {value!r}")
     return round(seconds * 1000)
 
 
 def _class_label(value: Any, field: str) -> str:
     """Class labels are compared as strings: 3, "3" and True/1 name the same class."""
+    if type(value) is str and 0 < len(value) <= MAX_NAME_LEN:
+        return value
     if isinstance(value, bool):
         return "1" if value else "0"
-    if isinstance(value, int):
+    if isinstance(value, int) and -(2**63) <= value < 2**63:
         return str(value)
     if isinstance(value, str):
         return _text(value, field, MAX_NAME_LEN)
-    if isinstance(value, float) and value.is_integer():
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return str(int(value))
     raise SchemaError(field, f"expected a class label (string, integer or bool), got {value!r}")
 
@@ -214,9 +226,7 @@ def _features(value: Any, field: str = "features") -> dict[str, Feature]:
         if v is None or isinstance(v, str):
             out[name] = v
         elif isinstance(v, list):
-            if len(v) > MAX_VECTOR_LEN:
-                raise SchemaError(f"{field}.{name}", f"vector longer than {MAX_VECTOR_LEN}")
-            out[name] = tuple(_number(x, f"{field}.{name}") for x in v)
+            out[name] = _vector(v, f"{field}.{name}")
         elif isinstance(v, bool) or not isinstance(v, int | float):
             raise SchemaError(f"{field}.{name}", f"unsupported feature type {type(v).__name__}")
         else:
@@ -224,6 +234,21 @@ def _features(value: Any, field: str = "features") -> dict[str, Feature]:
             # JSON cannot carry them, so they arrive only from non-standard encoders.
             out[name] = float(v)
     return out
+
+
+def _vector(value: list[Any], field: str) -> np.ndarray:
+    """A list of numbers as a read-only float64 array (an embedding, a small image)."""
+    if len(value) > MAX_VECTOR_LEN:
+        raise SchemaError(field, f"vector longer than {MAX_VECTOR_LEN}")
+    try:
+        array = np.array(value)
+    except ValueError:  # ragged nesting
+        raise SchemaError(field, "expected a flat list of numbers") from None
+    if array.ndim != 1 or (array.size and array.dtype.kind not in "fiu"):
+        raise SchemaError(field, "expected a flat list of numbers")
+    array = array.astype(np.float64, copy=False)
+    array.flags.writeable = False
+    return array
 
 
 def segment_key(value: Any, field: str = "segment") -> str:
@@ -239,6 +264,8 @@ def segment_key(value: Any, field: str = "segment") -> str:
         v = value[k]
         if not isinstance(v, str | int) or isinstance(v, bool):
             raise SchemaError(f"{field}.{k}", f"tag values are strings or integers, got {v!r}")
+        if _SEGMENT_SEPARATORS.search(k) or _SEGMENT_SEPARATORS.search(str(v)):
+            raise SchemaError(f"{field}.{k}", "tag names and values may not contain '=' or ','")
         parts.append(f"{k}={v}")
     key = ",".join(parts)
     if len(key) > 4 * MAX_NAME_LEN:
@@ -248,8 +275,10 @@ def segment_key(value: Any, field: str = "segment") -> str:
 
 def _check_version(obj: Mapping[str, Any]) -> None:
     version = obj.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
-        raise SchemaError("schema_version", f"unsupported version {version!r} (this is {SCHEMA_VERSION})")
+    if isinstance(version, bool) or version != SCHEMA_VERSION:
+        raise SchemaError(
+            "schema_version", f"unsupported version {version!r} (this is {SCHEMA_VERSION})"
+        )
 
 
 # --- decoders -------------------------------------------------------------------------------
@@ -295,8 +324,10 @@ def decode_label(obj: Mapping[str, Any]) -> Label:
         raise SchemaError("label", "required field is missing")
     if isinstance(value, list):
         label: str | float | tuple[str, ...] = _ranking(value, "label")
-    elif isinstance(value, float) and not value.is_integer():
-        label = _number(value, "label")
+    elif (isinstance(value, float) and not (value.is_integer() and abs(value) < 2**53)) or (
+        type(value) is int and not -(2**63) <= value < 2**63
+    ):
+        label = _number(value, "label")  # a regression target
     else:
         label = _class_label(value, "label")
     model = obj.get("model")
@@ -313,7 +344,9 @@ def decode_interaction(obj: Mapping[str, Any]) -> Interaction:
     _check_version(obj)
     kind = _require(obj, "kind")
     if kind not in INTERACTION_KINDS:
-        raise SchemaError("kind", f"unknown interaction {kind!r}; expected one of {INTERACTION_KINDS}")
+        raise SchemaError(
+            "kind", f"unknown interaction {kind!r}; expected one of {INTERACTION_KINDS}"
+        )
     prediction_id = obj.get("prediction_id")
     value = obj.get("value", 1.0)
     return Interaction(
@@ -323,7 +356,9 @@ def decode_interaction(obj: Mapping[str, Any]) -> Interaction:
         kind=kind,
         variant=_text(obj.get("variant", ""), "variant", allow_empty=True),
         value=_number(value, "value"),
-        prediction_id=None if prediction_id is None else _text(prediction_id, "prediction_id", MAX_ID_LEN),
+        prediction_id=None
+        if prediction_id is None
+        else _text(prediction_id, "prediction_id", MAX_ID_LEN),
         segment=segment_key(obj.get("segment")),
     )
 

@@ -34,6 +34,10 @@ def encode_rows(table: str, rows: Sequence[dict[str, Any]]) -> bytes:
 def decode_rows(raw: bytes) -> RowBatch:
     """Decode a metrics message; raises ValueError when it is not one."""
     obj = orjson.loads(raw)
-    if not isinstance(obj, dict) or obj.get("kind") != "rows" or not isinstance(obj.get("rows"), list):
+    if (
+        not isinstance(obj, dict)
+        or obj.get("kind") != "rows"
+        or not isinstance(obj.get("rows"), list)
+    ):
         raise ValueError("not a rows message")
     return RowBatch(str(obj["table"]), obj["rows"])

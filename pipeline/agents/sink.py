@@ -28,7 +28,9 @@ class SinkRuntime:
 
     def open(self) -> ClickHouseSink:
         if self.sink is None:
-            self.sink = ClickHouseSink(self.settings.clickhouse_dsn, self.settings.clickhouse_database)
+            self.sink = ClickHouseSink(
+                self.settings.clickhouse_dsn, self.settings.clickhouse_database
+            )
             self.sink.migrate()
         return self.sink
 
@@ -53,7 +55,9 @@ class SinkRuntime:
             try:
                 rows = decode_rows(message.value)
             except ValueError:
-                log.error("skipping a metrics message that is not rows at offset %d", message.offset)
+                log.error(
+                    "skipping a metrics message that is not rows at offset %d", message.offset
+                )
                 continue
             tables.setdefault(rows.table, []).extend(rows.rows)
         return tables
@@ -70,11 +74,14 @@ class SinkRuntime:
                     await asyncio.to_thread(sink.insert, table, rows)
                 self.failures = 0
                 return
-            except Exception as exc:  # noqa: BLE001 - any failure means: keep the batch, retry
+            except Exception as exc:
                 self.failures += 1
                 log.error(
                     "ClickHouse write failed (%s, attempt %d); retrying in %.1fs: %s",
-                    redact(self.settings.clickhouse_dsn), self.failures, delay, exc,
+                    redact(self.settings.clickhouse_dsn),
+                    self.failures,
+                    delay,
+                    exc,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
@@ -82,12 +89,16 @@ class SinkRuntime:
 
 def register(app: faust.App, runtime: SinkRuntime) -> None:
     source = app.topic(
-        runtime.topics.metrics, runtime.topics.deadletter,
-        key_serializer="raw", value_serializer="raw",
+        runtime.topics.metrics,
+        runtime.topics.deadletter,
+        key_serializer="raw",
+        value_serializer="raw",
     )
 
     @app.agent(source, concurrency=1, name="modelmon.sink")
     async def sink(stream: faust.StreamT[bytes]) -> None:
         settings = runtime.settings
-        async for events in stream.take_events(settings.sink_batch_messages, settings.sink_batch_seconds):
+        async for events in stream.take_events(
+            settings.sink_batch_messages, settings.sink_batch_seconds
+        ):
             await runtime.write(events)

@@ -115,8 +115,9 @@ class ClassificationWindow:
         tp = np.bincount(t[hit], minlength=k)
         fn = np.bincount(t, minlength=k) - tp
         fp = np.bincount(p, minlength=k) - tp
-        for name, a, b, c in zip(classes.tolist(), tp.tolist(), fp.tolist(), fn.tolist(),
-                                 strict=True):
+        for name, a, b, c in zip(
+            classes.tolist(), tp.tolist(), fp.tolist(), fn.tolist(), strict=True
+        ):
             self.tp[name] = self.tp.get(name, 0) + a
             self.fp[name] = self.fp.get(name, 0) + b
             self.fn[name] = self.fn.get(name, 0) + c
@@ -156,7 +157,7 @@ class ClassificationWindow:
         p_true = np.clip(matrix[np.arange(m), truth], EPS, 1.0 - EPS)
         fixed = np.rint(-np.log(p_true) * LOSS_SCALE).astype(np.int64)
         step = 100_000  # keeps each int64 partial sum far from overflow
-        self.log_loss_fixed += sum(int(fixed[i:i + step].sum()) for i in range(0, m, step))
+        self.log_loss_fixed += sum(int(fixed[i : i + step].sum()) for i in range(0, m, step))
         self.log_loss_count += m
         b = self.auc_bins
         bins = np.minimum((matrix * b).astype(np.int64), b - 1)
@@ -243,12 +244,14 @@ class ClassificationWindow:
             neg = self.auc_neg.get(c, {})
             low = self.log_loss_count - sum(pos.values()) - sum(neg.values())
             neg = dict(sorted((({0: low} if low else {}) | neg).items()))
-            out.append({
-                "class": c,
-                "tp": self.tp.get(c, 0),
-                "fp": self.fp.get(c, 0),
-                "fn": self.fn.get(c, 0),
-                "auc_pos": pos,
-                "auc_neg": neg,
-            })
+            out.append(
+                {
+                    "class": c,
+                    "tp": self.tp.get(c, 0),
+                    "fp": self.fp.get(c, 0),
+                    "fn": self.fn.get(c, 0),
+                    "auc_pos": pos,
+                    "auc_neg": neg,
+                }
+            )
         return window, out

@@ -68,9 +68,7 @@ class ClickHouseSink:
             raise ValueError(f"table name must be a plain identifier, got {table!r}")
         columns = list(rows[0])
         maps = self._maps(table)
-        data = [
-            [_map_keys(row[c]) if c in maps else row[c] for c in columns] for row in rows
-        ]
+        data = [[_map_keys(row[c]) if c in maps else row[c] for c in columns] for row in rows]
         with self._lock:
             self._client.insert(f"{self.database}.{table}", data, column_names=columns)
 
@@ -90,7 +88,9 @@ class ClickHouseSink:
     def _maps(self, table: str) -> set[str]:
         if table not in self._map_columns:
             with self._lock:
-                described = self._client.query(f"DESCRIBE TABLE {self.database}.{table}").result_rows
+                described = self._client.query(
+                    f"DESCRIBE TABLE {self.database}.{table}"
+                ).result_rows
             self._map_columns[table] = {r[0] for r in described if str(r[1]).startswith("Map(")}
         return self._map_columns[table]
 

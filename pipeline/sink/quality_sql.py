@@ -35,9 +35,7 @@ def ddl(db: str) -> list[str]:
     """CREATE statements for database ``db`` (an identifier the caller has validated)."""
     if set(METRICS) != set(names(CLASSIFICATION)):
         raise RuntimeError("quality_sql.METRICS and the metric registry disagree")
-    long_rows = ",\n        ".join(
-        f"('{m}', CAST({m} AS Nullable(Float64)))" for m in METRICS
-    )
+    long_rows = ",\n        ".join(f"('{m}', CAST({m} AS Nullable(Float64)))" for m in METRICS)
     return [
         f"""CREATE TABLE IF NOT EXISTS {db}.quality_partials (
     {_KEY},

@@ -53,13 +53,25 @@ class Deployment:
         return base
 
     def run_worker(self, timeout: float = 240, **overrides: Any) -> float:
-        return run_worker_until_idle(self.settings(**overrides), timeout, str(self.root / "worker.log"))
+        return run_worker_until_idle(
+            self.settings(**overrides), timeout, str(self.root / "worker.log")
+        )
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         out = subprocess.run(
-            [sys.executable, "-m", "pipeline.cli", "--log-level=WARNING", "query", "--format=json",
-             f"--clickhouse-dsn={self.dsn}", sql],
-            check=True, capture_output=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "--log-level=WARNING",
+                "query",
+                "--format=json",
+                f"--clickhouse-dsn={self.dsn}",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=120,
         )
         return orjson.loads(out.stdout)
 

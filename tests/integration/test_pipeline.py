@@ -48,35 +48,62 @@ def make_traffic(seed: int, n: int = 2400) -> Traffic:
         if i % 2:
             y = rng.choice("01")
             score = min(max(rng.gauss(0.65 if y == "1" else 0.35, 0.2), 0.0), 1.0)
-            pred = {"event_id": f"b{i}", "model": "bin", "model_version": "v1", "task": "binary",
-                    "ts": ts, "prediction": int(score >= 0.5), "score": round(score, 6),
-                    "segment": segment}
+            pred = {
+                "event_id": f"b{i}",
+                "model": "bin",
+                "model_version": "v1",
+                "task": "binary",
+                "ts": ts,
+                "prediction": int(score >= 0.5),
+                "score": round(score, 6),
+                "segment": segment,
+            }
         else:
             y = rng.choice(CLASSES[:3]) if rng.random() < 0.9 else "3"  # class 3 is rare
             raw = np.array([rng.random() for _ in CLASSES]) + (np.array(CLASSES) == y) * 0.8
             p = raw / raw.sum()
-            pred = {"event_id": f"m{i}", "model": "multi", "model_version": "v2",
-                    "task": "multiclass", "ts": ts, "prediction": CLASSES[int(p.argmax())],
-                    "probabilities": {c: float(v) for c, v in zip(CLASSES, p, strict=True)},
-                    "segment": segment}
+            pred = {
+                "event_id": f"m{i}",
+                "model": "multi",
+                "model_version": "v2",
+                "task": "multiclass",
+                "ts": ts,
+                "prediction": CLASSES[int(p.argmax())],
+                "probabilities": {c: float(v) for c, v in zip(CLASSES, p, strict=True)},
+                "segment": segment,
+            }
         t.predictions.append(pred)
         if rng.random() < 0.9:
-            t.labels.append({"event_id": pred["event_id"], "ts": ts + rng.uniform(1, 90), "label": y})
+            t.labels.append(
+                {"event_id": pred["event_id"], "ts": ts + rng.uniform(1, 90), "label": y}
+            )
     return t
 
 
 BAD_MESSAGES: dict[str, bytes] = {
     "not valid JSON": b'{"event_id": "x", "model": ',
     "model: expected a string": orjson.dumps(
-        {"event_id": "w1", "model": 7, "task": "binary", "ts": START, "prediction": 1}),
+        {"event_id": "w1", "model": 7, "task": "binary", "ts": START, "prediction": 1}
+    ),
     "ts: required field is missing": orjson.dumps(
-        {"event_id": "w2", "model": "bin", "task": "binary", "prediction": 1}),
+        {"event_id": "w2", "model": "bin", "task": "binary", "prediction": 1}
+    ),
     "score: must be finite": b'{"event_id": "w3", "model": "bin", "task": "binary", "ts": '
-                             + str(START).encode() + b', "prediction": 1, "score": NaN}',
+    + str(START).encode()
+    + b', "prediction": 1, "score": NaN}',
     "unknown task type": orjson.dumps(
-        {"event_id": "w4", "model": "bin", "task": "clustering", "ts": START, "prediction": 1}),
-    "exceeds the limit": orjson.dumps({"event_id": "w5", "model": "bin", "task": "binary",
-                                       "ts": START, "prediction": 1, "pad": "x" * 2_000_000}),
+        {"event_id": "w4", "model": "bin", "task": "clustering", "ts": START, "prediction": 1}
+    ),
+    "exceeds the limit": orjson.dumps(
+        {
+            "event_id": "w5",
+            "model": "bin",
+            "task": "binary",
+            "ts": START,
+            "prediction": 1,
+            "pad": "x" * 2_000_000,
+        }
+    ),
 }
 
 
@@ -86,16 +113,18 @@ async def produce(bootstrap: str, prefix: str, t: Traffic, seed: int, bad: bool)
     would send them); producer retries; labels roughly in label-time order, some twice."""
     rng = random.Random(seed)
     client = MonitorClient(bootstrap, topic_prefix=prefix, linger_ms=5)
-    raw = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False,
-                           max_request_size=4_000_000)
+    raw = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, enable_idempotence=False, max_request_size=4_000_000
+    )
     await client.start()
     await raw.start()
     try:
         for block in range(0, len(t.predictions), 200):
             for pred in t.predictions[block : block + 200]:
                 if rng.random() < 0.05:
-                    await raw.send_and_wait(prefix + "predictions", orjson.dumps(pred),
-                                            key=pred["event_id"].encode())
+                    await raw.send_and_wait(
+                        prefix + "predictions", orjson.dumps(pred), key=pred["event_id"].encode()
+                    )
                 else:
                     assert client.log_prediction(**pred)
                 if rng.random() < 0.03:  # a retry of the same prediction
@@ -131,7 +160,8 @@ def expected_windows(t: Traffic) -> dict[tuple[str, str, int], dict[str, Any]]:
         y_pred = [str(p["prediction"]) for p in done]
         classes = sorted(set(y_true) | set(y_pred))
         prec, rec, f1, _ = precision_recall_fscore_support(
-            y_true, y_pred, labels=classes, average="macro", zero_division=0)
+            y_true, y_pred, labels=classes, average="macro", zero_division=0
+        )
         if key[0] == "bin":
             proba = np.array([[1 - p["score"], p["score"]] for p in done])
             all_classes = ["0", "1"]
@@ -149,17 +179,23 @@ def expected_windows(t: Traffic) -> dict[tuple[str, str, int], dict[str, Any]]:
             neg = np.bincount(bins[~truth], minlength=AUC_BINS)
             bounds.append(0.5 * float(pos @ neg) / (truth.sum() * (~truth).sum()))
         out[key] = {
-            "predictions": len(preds), "labelled": len(done),
-            "accuracy": accuracy_score(y_true, y_pred), "macro_precision": prec,
-            "macro_recall": rec, "macro_f1": f1,
+            "predictions": len(preds),
+            "labelled": len(done),
+            "accuracy": accuracy_score(y_true, y_pred),
+            "macro_precision": prec,
+            "macro_recall": rec,
+            "macro_f1": f1,
             "log_loss": log_loss(y_true, proba, labels=all_classes),
-            "roc_auc": float(np.mean(aucs)), "auc_bound": float(np.mean(bounds)) if bounds else 0.0,
+            "roc_auc": float(np.mean(aucs)),
+            "auc_bound": float(np.mean(bounds)) if bounds else 0.0,
         }
     return out
 
 
 def actual_windows(d: Any) -> dict[tuple[str, str, int], dict[str, Any]]:
-    rows = d.query("SELECT *, toUnixTimestamp64Milli(window_start) AS start_ms FROM quality_windows")
+    rows = d.query(
+        "SELECT *, toUnixTimestamp64Milli(window_start) AS start_ms FROM quality_windows"
+    )
     return {(r["model"], r["segment"], r["start_ms"]): r for r in rows}
 
 

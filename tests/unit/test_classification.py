@@ -41,9 +41,9 @@ def make_batch(
     return [classes[i] for i in truth], [classes[i] for i in pred], proba
 
 
-def window_of(y_true: list[str], y_pred: list[str], proba: Proba, bins: int = 1000) -> (
-    ClassificationWindow
-):
+def window_of(
+    y_true: list[str], y_pred: list[str], proba: Proba, bins: int = 1000
+) -> ClassificationWindow:
     w = ClassificationWindow(auc_bins=bins)
     w.add_predictions(len(y_true))
     w.add_labelled(y_true, y_pred, proba)
@@ -214,9 +214,9 @@ def test_missing_class_in_proba_counts_as_zero() -> None:
     y_true, y_pred, proba = make_batch(rng, 300, ["a", "b", "c", "d"], p_none=0.1)
     # Sparse probabilities: drop the small ones, and "d" entirely from the first half.
     sparse = [
-        None if d is None else {
-            c: v for c, v in d.items() if v >= 0.1 and not (c == "d" and i < 150)
-        }
+        None
+        if d is None
+        else {c: v for c, v in d.items() if v >= 0.1 and not (c == "d" and i < 150)}
         for i, d in enumerate(proba)
     ]
     check_against_sklearn(y_true, y_pred, sparse, bins=50)
@@ -261,9 +261,9 @@ def test_bin_index_rule() -> None:
     w = ClassificationWindow(auc_bins=4)
     w.add_labelled(["1"] * 5, ["1"] * 5, [{"1": p} for p in (0.0, 0.2499, 0.25, 0.99, 1.0)])
     assert w.rows()[1][0]["auc_pos"] == {0: 2, 1: 1, 3: 2}
-    assert w.log_loss_sum == pytest.approx(-np.log(EPS) + sum(
-        -np.log(min(p, 1 - EPS)) for p in (0.2499, 0.25, 0.99, 1.0)
-    ))
+    assert w.log_loss_sum == pytest.approx(
+        -np.log(EPS) + sum(-np.log(min(p, 1 - EPS)) for p in (0.2499, 0.25, 0.99, 1.0))
+    )
 
 
 @pytest.mark.parametrize(
@@ -295,8 +295,14 @@ def test_docstring_examples() -> None:
 def test_registry_names_are_stable_and_documented() -> None:
     metrics = names(CLASSIFICATION)
     assert metrics == (
-        "predictions", "labelled", "accuracy", "macro_precision", "macro_recall", "macro_f1",
-        "log_loss", "roc_auc",
+        "predictions",
+        "labelled",
+        "accuracy",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "log_loss",
+        "roc_auc",
     )
     for m in registered():
         assert m.definition and "\n" not in m.definition

@@ -21,8 +21,14 @@ START = 1_700_000_040.0
 
 
 def _prediction(i: int, **extra: Any) -> dict[str, Any]:
-    return {"event_id": f"e{i}", "model": "m", "ts": START + i, "task": "binary",
-            "prediction": i % 2, **extra}
+    return {
+        "event_id": f"e{i}",
+        "model": "m",
+        "ts": START + i,
+        "task": "binary",
+        "prediction": i % 2,
+        **extra,
+    }
 
 
 def _label(i: int) -> dict[str, Any]:
@@ -35,8 +41,10 @@ def _label(i: int) -> dict[str, Any]:
 def test_predictions_and_labels_of_one_event_id_share_a_partition() -> None:
     batcher = Batcher(max_events=50, max_bytes=100_000)
     where: dict[str, dict[str, int]] = {"prediction": {}, "label": {}}
-    for kind, events in (("prediction", [_prediction(i) for i in range(1000)]),
-                         ("label", [_label(i) for i in range(1000)])):
+    for kind, events in (
+        ("prediction", [_prediction(i) for i in range(1000)]),
+        ("label", [_label(i) for i in range(1000)]),
+    ):
         envelopes, failed = batcher.build(kind, events, partitions=6)
         assert not failed
         for envelope in envelopes:
@@ -60,12 +68,18 @@ def test_envelopes_keep_every_event_once_and_in_order_within_the_byte_bound() ->
         assert not decoded.rejected and len(decoded.events) == envelope.count
         per_partition[envelope.partition] += [e.event_id for e in decoded.events]
     for partition, ids in per_partition.items():
-        assert ids == [e["event_id"] for e in events if partition_for(e["event_id"], 3) == partition]
+        assert ids == [
+            e["event_id"] for e in events if partition_for(e["event_id"], 3) == partition
+        ]
 
 
 def test_an_event_too_large_or_not_encodable_fails_alone() -> None:
-    events = [_prediction(0), _prediction(1, features={"blob": "x" * 5000}),
-              _prediction(2, features={"bad": object()}), _prediction(3)]
+    events = [
+        _prediction(0),
+        _prediction(1, features={"blob": "x" * 5000}),
+        _prediction(2, features={"bad": object()}),
+        _prediction(3),
+    ]
     envelopes, failed = Batcher(max_events=10, max_bytes=2000).build("prediction", events, 1)
     assert sorted(e["event_id"] for e, _ in failed) == ["e1", "e2"]
     assert "exceed max_batch_bytes" in {e["event_id"]: r for e, r in failed}["e1"]
@@ -73,10 +87,15 @@ def test_an_event_too_large_or_not_encodable_fails_alone() -> None:
 
 
 def test_other_kinds_are_keyed_by_model() -> None:
-    steps = [{"run_id": "r", "model": m, "ts": START, "step": i, "metrics": {"loss": 1.0}}
-             for i, m in enumerate(["a", "b", "a"])]
+    steps = [
+        {"run_id": "r", "model": m, "ts": START, "step": i, "metrics": {"loss": 1.0}}
+        for i, m in enumerate(["a", "b", "a"])
+    ]
     envelopes, _ = Batcher().build("training", steps)
-    assert sorted((e.key, e.count, e.partition) for e in envelopes) == [(b"a", 2, None), (b"b", 1, None)]
+    assert sorted((e.key, e.count, e.partition) for e in envelopes) == [
+        (b"a", 2, None),
+        (b"b", 1, None),
+    ]
 
 
 # --- MonitorClient with an in-memory producer ------------------------------------------------
@@ -103,8 +122,9 @@ class MemoryProducer:
     async def partitions_for(self, topic: str) -> set[int]:
         return {0, 1, 2, 3}
 
-    async def send(self, topic: str, value: bytes, key: bytes | None = None,
-                   partition: int | None = None) -> asyncio.Future[None]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None = None, partition: int | None = None
+    ) -> asyncio.Future[None]:
         ack: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.fail:
             self.fail -= 1
@@ -122,13 +142,21 @@ def memory_producer(monkeypatch: pytest.MonkeyPatch) -> type[MemoryProducer]:
     return MemoryProducer
 
 
-def test_client_sends_envelopes_to_the_event_id_partition(memory_producer: type[MemoryProducer]) -> None:
+def test_client_sends_envelopes_to_the_event_id_partition(
+    memory_producer: type[MemoryProducer],
+) -> None:
     async def run() -> dict[str, int]:
-        async with MonitorClient("unused:9092", max_batch_events=40, kafka_config={"linger_ms": 7}) as c:
+        async with MonitorClient(
+            "unused:9092", max_batch_events=40, kafka_config={"linger_ms": 7}
+        ) as c:
             for i in range(300):
-                assert c.log_prediction(event_id=f"e{i}", model="m", task="multiclass",
-                                        prediction=np.int64(i % 3),
-                                        probabilities={0: 0.2, 1: 0.5, 2: 0.3})
+                assert c.log_prediction(
+                    event_id=f"e{i}",
+                    model="m",
+                    task="multiclass",
+                    prediction=np.int64(i % 3),
+                    probabilities={0: 0.2, 1: 0.5, 2: 0.3},
+                )
                 assert c.log_label(event_id=f"e{i}", label=i % 3)
             await c.flush()
             return c.stats
@@ -172,7 +200,9 @@ def test_invalid_events_are_rejected_and_counted_without_raising(
     assert "task: unknown task type 'psychic'" in caplog.text
 
 
-def test_a_full_buffer_drops_new_events_and_close_gives_up(memory_producer: type[MemoryProducer]) -> None:
+def test_a_full_buffer_drops_new_events_and_close_gives_up(
+    memory_producer: type[MemoryProducer],
+) -> None:
     async def run() -> tuple[list[bool], dict[str, int], dict[str, int]]:
         c = MonitorClient("unused:9092", max_buffered_events=100, linger_ms=1)
         await c.start()
@@ -280,9 +310,13 @@ def test_degradation_lowers_accuracy_in_the_second_half(
     assert noisy - clean > 0.5
 
 
-def test_envelopes_of_generated_traffic_stay_decodable(traffic: list[tuple[str, dict[str, Any]]]) -> None:
+def test_envelopes_of_generated_traffic_stay_decodable(
+    traffic: list[tuple[str, dict[str, Any]]],
+) -> None:
     predictions = [e for kind, e in traffic[:2000] if kind == "prediction"]
     envelopes, failed = Batcher().build("prediction", predictions, partitions=2)
     assert not failed
-    assert sum(len(decode_message(e.value, "prediction").events) for e in envelopes) == len(predictions)
+    assert sum(len(decode_message(e.value, "prediction").events) for e in envelopes) == len(
+        predictions
+    )
     assert orjson.loads(envelopes[0].value)["kind"] == "prediction"

@@ -25,22 +25,31 @@ def label(eid: str, ts: int, y: str = "1") -> Label:
 
 
 def new_state(**kw: Any) -> QualityPartition:
-    return QualityPartition(0, window_ms=WINDOW, lateness_ms=10_000, label_ttl_ms=TTL, auc_bins=100, **kw)
+    return QualityPartition(
+        0, window_ms=WINDOW, lateness_ms=10_000, label_ttl_ms=TTL, auc_bins=100, **kw
+    )
 
 
 def final_rows(emitted: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """What ReplacingMergeTree keeps: the highest version per key."""
     out: dict[tuple, dict[str, Any]] = {}
     for row in emitted:
-        key = (row["model"], row["model_version"], row["segment"], row["window_start"],
-               row["partition"], row.get("class"))
+        key = (
+            row["model"],
+            row["model_version"],
+            row["segment"],
+            row["window_start"],
+            row["partition"],
+            row.get("class"),
+        )
         if key not in out or row["version"] > out[key]["version"]:
             out[key] = row
     return out
 
 
-def run(state: QualityPartition, messages: list[tuple[str, int, list[Any]]],
-        flush_every: int = 1) -> list[dict[str, Any]]:
+def run(
+    state: QualityPartition, messages: list[tuple[str, int, list[Any]]], flush_every: int = 1
+) -> list[dict[str, Any]]:
     emitted: list[dict[str, Any]] = []
     for i, (topic, offset, events) in enumerate(messages):
         if topic == "p":

@@ -54,8 +54,13 @@ def insert(
     ch: Any, model: str, start: datetime, partition: int, version: int, w: ClassificationWindow
 ) -> None:
     key = {
-        "model": model, "model_version": "v1", "segment": "all", "window_start": start,
-        "window_end": start + timedelta(minutes=1), "partition": partition, "version": version,
+        "model": model,
+        "model_version": "v1",
+        "segment": "all",
+        "window_start": start,
+        "window_end": start + timedelta(minutes=1),
+        "partition": partition,
+        "version": version,
     }
     window, classes = w.rows()
     row = key | window
@@ -69,9 +74,9 @@ def insert(
         )
 
 
-def load(ch: Any, model: str, start: datetime, parts: Sequence[Batch], unlabelled: int = 0) -> (
-    Batch
-):
+def load(
+    ch: Any, model: str, start: datetime, parts: Sequence[Batch], unlabelled: int = 0
+) -> Batch:
     """One accumulator per partition (the first fed in two steps) plus a stale version-1 row
     inserted last, which FINAL must discard. Returns the concatenated batch."""
     for partition, (y_true, y_pred, proba) in enumerate(parts):
@@ -129,8 +134,11 @@ def reference(
 def check(ch: Any, model: str, start: datetime, batch: Batch, predictions: int) -> dict[str, Any]:
     y_true, y_pred, proba = batch
     ref = reference(y_true, y_pred, proba)
-    [w] = query(ch, f"SELECT * FROM {DB}.quality_windows WHERE model = '{model}' "
-                    f"AND window_start = '{start:%Y-%m-%d %H:%M:%S}'")
+    [w] = query(
+        ch,
+        f"SELECT * FROM {DB}.quality_windows WHERE model = '{model}' "
+        f"AND window_start = '{start:%Y-%m-%d %H:%M:%S}'",
+    )
     assert (w["predictions"], w["labelled"]) == (predictions, len(y_true))
     if not y_true:
         assert w["accuracy"] is None and w["macro_f1"] is None
@@ -144,9 +152,11 @@ def check(ch: Any, model: str, start: datetime, batch: Batch, predictions: int) 
         assert w["log_loss"] is None
 
     classes = {
-        r["class"]: r for r in query(
-            ch, f"SELECT * FROM {DB}.quality_classes WHERE model = '{model}' "
-                f"AND window_start = '{start:%Y-%m-%d %H:%M:%S}'"
+        r["class"]: r
+        for r in query(
+            ch,
+            f"SELECT * FROM {DB}.quality_classes WHERE model = '{model}' "
+            f"AND window_start = '{start:%Y-%m-%d %H:%M:%S}'",
         )
     }
     for c, (p, r, f, s) in ref["classes"].items():
@@ -215,20 +225,28 @@ def test_auc_exact_on_bin_centres(ch: Any) -> None:
 def test_adversarial_windows(ch: Any) -> None:
     starts = [T0 + timedelta(minutes=i) for i in range(5)]
     cases: list[list[Batch]] = [
-        [(["1"] * 3, ["1", "0", "1"], [{"1": 0.9, "0": 0.1}, {"1": 0.3, "0": 0.7}, None]),
-         (["1"] * 2, ["1", "1"], [{"1": 0.8, "0": 0.2}, {"1": 0.6, "0": 0.4}])],  # one class
+        [
+            (["1"] * 3, ["1", "0", "1"], [{"1": 0.9, "0": 0.1}, {"1": 0.3, "0": 0.7}, None]),
+            (["1"] * 2, ["1", "1"], [{"1": 0.8, "0": 0.2}, {"1": 0.6, "0": 0.4}]),
+        ],  # one class
         [([], [], []), ([], [], [])],  # predictions only
         [(["a", "b"], ["a", "a"], [None, None]), (["c"], ["b"], [None])],  # no probabilities
-        [(["a", "b", "x"], ["a", "only", "b"], [{"a": 0.7, "b": 0.3}, {"b": 0.9, "a": 0.1},
-                                               {"a": 0.2, "b": 0.3, "x": 0.5}]),
-         (["b", "x"], ["b", "b"], [{"b": 0.6, "x": 0.4}, {"x": 1.0}])],  # never predicted: x
+        [
+            (
+                ["a", "b", "x"],
+                ["a", "only", "b"],
+                [{"a": 0.7, "b": 0.3}, {"b": 0.9, "a": 0.1}, {"a": 0.2, "b": 0.3, "x": 0.5}],
+            ),
+            (["b", "x"], ["b", "b"], [{"b": 0.6, "x": 0.4}, {"x": 1.0}]),
+        ],  # never predicted: x
         [(["0", "1", "1"], ["0", "1", "0"], [{"1": 0.2}, {"1": 0.7}, {"1": 0.45, "0": 0.55}])],
     ]
     for start, parts in zip(starts, cases, strict=True):
         batch = load(ch, "adversarial", start, parts, unlabelled=2)
         check(ch, "adversarial", start, batch, predictions=len(batch[0]) + 2 * len(parts))
-    rows = query(ch, f"SELECT * FROM {DB}.quality_windows WHERE model = 'adversarial' "
-                     "ORDER BY window_start")
+    rows = query(
+        ch, f"SELECT * FROM {DB}.quality_windows WHERE model = 'adversarial' ORDER BY window_start"
+    )
     assert [r["window_start"].replace(tzinfo=UTC) for r in rows] == starts
     one_class, empty, unscored = rows[0], rows[1], rows[2]
     assert one_class["roc_auc"] is None and one_class["accuracy"] == pytest.approx(0.8)
@@ -240,15 +258,17 @@ def test_adversarial_windows(ch: Any) -> None:
 def test_long_view_has_every_registered_metric(ch: Any) -> None:
     rng = np.random.default_rng(4)
     load(ch, "long", T0, [make_batch(rng, 50, "ab"), make_batch(rng, 40, "abc")])
-    rows = query(ch, f"SELECT * FROM {DB}.quality_metrics WHERE model = 'long' "
-                     "ORDER BY window_start, metric")
+    rows = query(
+        ch, f"SELECT * FROM {DB}.quality_metrics WHERE model = 'long' ORDER BY window_start, metric"
+    )
     assert {r["metric"] for r in rows} == set(names(CLASSIFICATION)) == set(METRICS)
     assert len(rows) == len(METRICS)
     [wide] = query(ch, f"SELECT * FROM {DB}.quality_windows WHERE model = 'long'")
     for r in rows:
         assert r["value"] == pytest.approx(wide[r["metric"]], abs=1e-12)
-    all_metrics = {r[0] for r in ch.query(f"SELECT DISTINCT metric FROM {DB}.quality_metrics")
-                   .result_rows}
+    all_metrics = {
+        r[0] for r in ch.query(f"SELECT DISTINCT metric FROM {DB}.quality_metrics").result_rows
+    }
     assert all_metrics == set(names(CLASSIFICATION))
 
 
@@ -257,12 +277,36 @@ def test_view_columns(ch: Any) -> None:
         return [r[0] for r in ch.query(f"DESCRIBE {DB}.{view}").result_rows]
 
     assert columns("quality_windows") == [
-        "model", "model_version", "segment", "window_start", "window_end", *METRICS
+        "model",
+        "model_version",
+        "segment",
+        "window_start",
+        "window_end",
+        *METRICS,
     ]
     assert columns("quality_metrics") == [
-        "model", "model_version", "segment", "window_start", "window_end", "metric", "value"
+        "model",
+        "model_version",
+        "segment",
+        "window_start",
+        "window_end",
+        "metric",
+        "value",
     ]
     assert columns("quality_classes") == [
-        "model", "model_version", "segment", "window_start", "window_end", "class",
-        "tp", "fp", "fn", "support", "precision", "recall", "f1", "roc_auc", "roc_auc_error_bound",
+        "model",
+        "model_version",
+        "segment",
+        "window_start",
+        "window_end",
+        "class",
+        "tp",
+        "fp",
+        "fn",
+        "support",
+        "precision",
+        "recall",
+        "f1",
+        "roc_auc",
+        "roc_auc_error_bound",
     ]

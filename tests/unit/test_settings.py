@@ -39,13 +39,22 @@ def test_bad_values_are_clear_errors(overrides: dict, message: str) -> None:
 
 
 def test_secrets_are_not_printed_and_reach_the_kafka_client_unchanged() -> None:
-    s = Settings.load(env={"MODELMON_SASL_PASSWORD": "s3cr3t", "MODELMON_SASL_USERNAME": "svc",
-                           "MODELMON_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
-                           "MODELMON_SASL_MECHANISM": "SCRAM-SHA-512"})
+    s = Settings.load(
+        env={
+            "MODELMON_SASL_PASSWORD": "s3cr3t",
+            "MODELMON_SASL_USERNAME": "svc",
+            "MODELMON_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "MODELMON_SASL_MECHANISM": "SCRAM-SHA-512",
+        }
+    )
     assert "s3cr3t" not in repr(s)
     config = s.kafka_client_config()
-    assert config == {"security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-512",
-                      "sasl_plain_username": "svc", "sasl_plain_password": "s3cr3t"}
+    assert config == {
+        "security_protocol": "SASL_PLAINTEXT",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "svc",
+        "sasl_plain_password": "s3cr3t",
+    }
 
 
 def test_every_setting_is_documented_in_the_readme_and_is_a_flag() -> None:
