@@ -85,7 +85,8 @@ def _register_idle_exit(
         now = time.monotonic()
         quiet = [now - r.last_input >= seconds for r in (compute, sink) if r is not None]
         started = compute is None or compute.seen_input
-        if started and all(quiet) and (compute is None or compute.idle()):
+        busy = sink is not None and sink.busy
+        if started and all(quiet) and not busy and (compute is None or compute.idle()):
             log.info("no input for %.0fs and nothing unwritten: stopping", seconds)
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -1,4 +1,5 @@
-"""Per-partition checkpoints: the event-time watermark that held at each committed offset.
+"""Per-partition checkpoints: the event-time watermark that held at each committed offset,
+and the state of the partition's drift detectors.
 
 Kafka keeps the committed offsets, but not (on every broker) the metadata next to them, so
 the watermark of each input topic at its committed offset lives in a small topic of its own,
@@ -8,7 +9,7 @@ committed offset is one of the two even if the worker died in between.
 
 >>> rec = Checkpoint(3, {"p": Mark(10, 5000)}, {"p": Mark(7, 4000)})
 >>> Checkpoint.decode(rec.encode()).find("p", 7)
-Mark(offset=7, max_ts=4000)
+(Mark(offset=7, max_ts=4000), {})
 """
 
 from __future__ import annotations
@@ -25,17 +26,21 @@ from pipeline.windows import Mark
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    """Marks by input topic for one partition: the current ones and the previous ones."""
+    """Marks by input topic for one partition, and the partition's detector state there: the
+    current ones and the previous ones."""
 
     partition: int
     current: Mapping[str, Mark]
     previous: Mapping[str, Mark] = field(default_factory=dict)
+    state: Mapping[str, Any] = field(default_factory=dict)
+    previous_state: Mapping[str, Any] = field(default_factory=dict)
 
-    def find(self, topic: str, offset: int) -> Mark | None:
-        for positions in (self.current, self.previous):
-            pos = positions.get(topic)
-            if pos is not None and pos.offset == offset:
-                return pos
+    def find(self, topic: str, offset: int) -> tuple[Mark, Mapping[str, Any]] | None:
+        """The mark of ``topic`` at ``offset`` and the state saved with it, if recorded."""
+        for positions, state in ((self.current, self.state), (self.previous, self.previous_state)):
+            mark = positions.get(topic)
+            if mark is not None and mark.offset == offset:
+                return mark, state
         return None
 
     def encode(self) -> bytes:
@@ -44,6 +49,8 @@ class Checkpoint:
                 "partition": self.partition,
                 "current": {t: [p.offset, p.max_ts] for t, p in self.current.items()},
                 "previous": {t: [p.offset, p.max_ts] for t, p in self.previous.items()},
+                "state": self.state,
+                "previous_state": self.previous_state,
             }
         )
 
@@ -54,6 +61,8 @@ class Checkpoint:
             obj["partition"],
             {t: Mark(*v) for t, v in obj["current"].items()},
             {t: Mark(*v) for t, v in obj["previous"].items()},
+            obj.get("state", {}),
+            obj.get("previous_state", {}),
         )
 
 

@@ -69,7 +69,9 @@ def cmd_query(args: argparse.Namespace) -> int:
     from pipeline.sink.clickhouse import ClickHouseSink
 
     settings = _settings(args)
-    sink = ClickHouseSink(settings.clickhouse_dsn, settings.clickhouse_database)
+    sink = ClickHouseSink(
+        settings.clickhouse_dsn, settings.clickhouse_database, settings.window_seconds
+    )
     sink.migrate()
     columns, rows = sink.query(args.sql)
     sink.close()
@@ -96,6 +98,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         )
     )
     print(summary)
+    return 0
+
+
+def cmd_reference_upload(args: argparse.Namespace) -> int:
+    from pipeline.reference import upload
+
+    settings = _settings(args)
+    n = asyncio.run(
+        upload(
+            args.file,
+            settings.bootstrap_servers,
+            model=args.model,
+            model_version=args.model_version,
+            name=args.name,
+            topic_prefix=settings.topic_prefix,
+            kafka_config=settings.kafka_client_config(),
+        )
+    )
+    print(f"published a profile of {n} features as {args.model}/{args.model_version}/{args.name}")
     return 0
 
 
@@ -139,6 +160,22 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--seed", type=int, default=0, help="random seed")
     _add_settings_flags(simulate)
     simulate.set_defaults(func=cmd_simulate)
+
+    reference = sub.add_parser("reference", help="manage drift reference profiles")
+    ref_sub = reference.add_subparsers(dest="action", required=True)
+    upload = ref_sub.add_parser(
+        "upload",
+        help="profile a CSV/Parquet file and publish it as a model's drift reference",
+        description="Summarise every column of the file (numeric or categorical) the way windows "
+        "are summarised and publish it; the sink stores it in reference_profiles, and drift of "
+        "that model's windows is measured against it from then on.",
+    )
+    upload.add_argument("file", help="a .csv or .parquet file, one column per feature")
+    upload.add_argument("--model", required=True, help="the model the profile belongs to")
+    upload.add_argument("--model-version", default="", help="its version (default: '')")
+    upload.add_argument("--name", default="default", help="profile name (default: default)")
+    _add_settings_flags(upload)
+    upload.set_defaults(func=cmd_reference_upload)
 
     demo = sub.add_parser(
         "demo",

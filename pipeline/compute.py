@@ -1,6 +1,6 @@
 """The compute stage's runtime: decode → fold → emit rows → checkpoint → commit.
 
-One :class:`~pipeline.quality.QualityPartition` per input partition owned by this worker.
+One :class:`~pipeline.partition.PartitionState` per input partition owned by this worker.
 Messages are acknowledged to Faust only once nothing live needs them: after the rows that
 reflect them were acknowledged by Kafka (acks=all) and the checkpoint naming the new low
 watermark was written. Faust then commits exactly those offsets, so a restarted or
@@ -20,7 +20,8 @@ import faust
 from faust.types import TP
 
 from pipeline.checkpoint import Checkpoint, read_checkpoints
-from pipeline.quality import QualityPartition
+from pipeline.detection import DetectorStreams
+from pipeline.partition import PartitionState
 from pipeline.settings import Settings
 from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
 from pipeline.windows import Mark
@@ -41,7 +42,7 @@ class ComputeRuntime:
         self.settings = settings
         self.topics = topics
         self.run_id = run_id
-        self.states: dict[int, QualityPartition] = {}
+        self.states: dict[int, PartitionState] = {}
         self.unacked: dict[TP, deque[faust.EventT]] = {}
         self.checkpoints: dict[int, list[Checkpoint]] = {}
         self.written: dict[int, Checkpoint] = {}
@@ -83,17 +84,18 @@ class ComputeRuntime:
             state.add_labels(message.offset, decoded.events)
         self.unacked.setdefault(tp, deque()).append(event)
 
-    def _new_state(self, partition: int) -> QualityPartition:
+    def _new_state(self, partition: int) -> PartitionState:
         s = self.settings
-        return QualityPartition(
+        return PartitionState(
             partition,
             window_ms=s.window_seconds * 1000,
             lateness_ms=s.lateness_seconds * 1000,
             label_ttl_ms=s.label_ttl_seconds * 1000,
             auc_bins=s.auc_bins,
+            detectors=s.detector_names,
         )
 
-    async def _restore(self, state: QualityPartition, tp: TP, offset: int) -> None:
+    async def _restore(self, state: PartitionState, tp: TP, offset: int) -> None:
         """Set the topic's watermark to the one it had at ``offset`` (where Faust resumed)."""
         self.restored.add(tp)
         if tp.partition not in self.checkpoints:
@@ -105,17 +107,21 @@ class ComputeRuntime:
             )
             if self.checkpoints[tp.partition]:
                 self.written[tp.partition] = self.checkpoints[tp.partition][-1]
-        mark = next(
+        found = next(
             (
-                m
+                f
                 for c in reversed(self.checkpoints[tp.partition])
-                if (m := c.find(tp.topic, offset))
+                if (f := c.find(tp.topic, offset))
             ),
             None,
         )
-        if mark is not None:
-            wm = state.pred_wm if tp.topic == self.topics.predictions else state.label_wm
-            wm.max_ts = mark.max_ts
+        if found is not None:
+            mark, saved = found
+            if tp.topic == self.topics.predictions:
+                state.pred_wm.max_ts = mark.max_ts
+                state.detectors = DetectorStreams(self.settings.detector_names, dict(saved))
+            else:
+                state.label_wm.max_ts = mark.max_ts
             log.info(
                 "resumed %s[%d] at offset %d from its checkpoint", tp.topic, tp.partition, offset
             )
@@ -147,15 +153,21 @@ class ComputeRuntime:
     async def flush(self) -> None:
         """Emit dead letters and changed windows; once Kafka acknowledged all of them, write
         the checkpoints and acknowledge what live state released, so Faust commits it."""
-        released: list[tuple[int, QualityPartition, dict[str, Mark]]] = []
+        released: list[tuple[int, PartitionState, dict[str, Mark], dict[str, Any]]] = []
         for partition, state in list(self.states.items()):
             rows = state.flush()
             for table, batch in (
                 ("quality_partials", rows.windows),
                 ("quality_class_partials", rows.classes),
+                ("feature_partials", rows.features),
+                ("drift_detections_rows", rows.detections),
             ):
                 for chunk in _chunks(batch, ROWS_PER_MESSAGE):
-                    self.outbox.append((self.topics.metrics, encode_rows(table, chunk), None, None))
+                    # A partition's rows stay in order: its quality rows reach the sink before
+                    # the feature rows of the same flush, which derive from them.
+                    self.outbox.append(
+                        (self.topics.metrics, encode_rows(table, chunk), partition, None)
+                    )
             for name, value in state.counters.items():
                 self.counters[(partition, name)] = value
             pred_mark, label_mark = state.low_watermarks()
@@ -164,15 +176,15 @@ class ComputeRuntime:
                 for t, m in ((self.topics.predictions, pred_mark), (self.topics.labels, label_mark))
                 if m is not None
             }
-            released.append((partition, state, marks))
+            released.append((partition, state, marks, state.detectors.to_state()))
         self.outbox.extend(self._counter_messages())
         if not await self._send_outbox():
             return  # nothing is acknowledged; the outbox is sent again next time
-        for partition, _, marks in released:
-            self._checkpoint(partition, marks)
+        for partition, _, marks, detectors in released:
+            self._checkpoint(partition, marks, detectors)
         if not await self._send_outbox():
             return
-        for partition, state, marks in released:
+        for partition, state, marks, _ in released:
             if self.states.get(partition) is state:  # not revoked meanwhile
                 self._ack(partition, marks)
 
@@ -201,12 +213,22 @@ class ComputeRuntime:
             self.outbox = outbox + self.outbox
             return False
 
-    def _checkpoint(self, partition: int, marks: dict[str, Mark]) -> None:
-        """Queue a checkpoint record if the positions moved since the last one."""
+    def _checkpoint(
+        self, partition: int, marks: dict[str, Mark], detectors: dict[str, Any]
+    ) -> None:
+        """Queue a checkpoint record if the positions moved since the last one. The detector
+        state may be older than the positions' last move: re-fed from there, the detectors
+        replay the same items in the same order, so any saved state is a valid start."""
         last = self.written.get(partition)
         if last is not None and dict(last.current) == marks:
             return
-        record = Checkpoint(partition, marks, dict(last.current) if last else {})
+        record = Checkpoint(
+            partition,
+            marks,
+            dict(last.current) if last else {},
+            detectors,
+            dict(last.state) if last else {},
+        )
         self.outbox.append((self.topics.checkpoints, record.encode(), partition, None))
         self.written[partition] = record
 

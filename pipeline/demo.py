@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.app import all_topics
 from pipeline.embedded import EMBEDDED_WORKER_FLAGS, EmbeddedBroker, run_worker_until_idle
 from pipeline.kafka import ensure_topics
+from pipeline.reference import profile_rows, publish
 from pipeline.settings import Settings
 
 QUALITY_SQL = """
@@ -23,10 +24,24 @@ ORDER BY window_start, segment
 """
 
 
+DRIFT_SQL = """
+SELECT window_start, segment, features, features_drifted, most_drifted, max_psi
+FROM drift_windows
+ORDER BY window_start, segment
+"""
+
+DETECTIONS_SQL = """
+SELECT stream, detector, count() AS firings, min(ts) AS first_firing
+FROM drift_detections
+GROUP BY stream, detector
+ORDER BY stream, detector
+"""
+
+
 def run_demo(events: int, data_dir: str, seed: int = 0) -> int:
     from pipeline.cli import _print_table
     from pipeline.sink.clickhouse import ClickHouseSink
-    from producers.simulate import simulate
+    from producers.simulate import simulate, training_features
 
     root = Path(data_dir).resolve()
     shutil.rmtree(root, ignore_errors=True)
@@ -38,6 +53,9 @@ def run_demo(events: int, data_dir: str, seed: int = 0) -> int:
         print(
             f"broker on {broker.bootstrap_servers}; sending {events} predictions and their labels"
         )
+        profile = profile_rows(training_features(seed), model="digits", model_version="v1")
+        asyncio.run(publish(profile, broker.bootstrap_servers))
+        print(f"published a drift reference of {len(profile)} features from the training images")
         summary = asyncio.run(simulate(broker.bootstrap_servers, events=events, seed=seed))
         print(
             f"sent {summary.predictions} predictions and {summary.labels} labels "
@@ -63,11 +81,14 @@ def run_demo(events: int, data_dir: str, seed: int = 0) -> int:
     print(f"worker ran {seconds:.1f}s (start-up and {idle:.0f}s idle wait included); {rate}")
     sink = ClickHouseSink(dsn, "modelmon")
     sink.migrate()
-    columns, rows = sink.query(QUALITY_SQL)
-    sink.close()
     print(
         f"\nClassification quality per 1-minute window (noise added from event "
         f"{int(events * 0.5)} on), from ClickHouse:\n"
     )
-    _print_table(columns, rows)
+    _print_table(*sink.query(QUALITY_SQL))
+    print("\nFeature drift per window against the training images (PSI > 0.2 flags):\n")
+    _print_table(*sink.query(DRIFT_SQL))
+    print("\nOnline detectors that fired (per partition, on the score and error streams):\n")
+    _print_table(*sink.query(DETECTIONS_SQL))
+    sink.close()
     return 0

@@ -49,6 +49,26 @@ class Settings:
         3600, "how long past its window a prediction waits for its label (and a label for it)"
     )
     auc_bins: int = _setting(1000, "score histogram bins for ROC AUC (error bound in docs)")
+    detectors: str = _setting(
+        "adwin,page_hinkley",
+        "online drift detectors on each model's score and error streams: any of adwin,"
+        " page_hinkley, kswin (comma-separated; empty = none; kswin costs ~0.3 ms per event)",
+    )
+    drift_profile: str = _setting(
+        "default", "name of the uploaded reference profile drift is measured against"
+    )
+    drift_previous_windows: int = _setting(
+        5, "without a profile (or for features it lacks): compare with this many windows before"
+    )
+    drift_correction: str = _setting(
+        "bh", "multiple-testing correction of drift p-values: bh, bonferroni or none"
+    )
+    drift_decide_by: str = _setting(
+        "psi",
+        "effect sizes that decide drift (comma-separated: psi, jensen_shannon,"
+        " wasserstein_normalised); every statistic is reported either way",
+    )
+    drift_min_count: int = _setting(100, "windows with fewer values of a feature are not flagged")
     flush_interval_seconds: float = _setting(1.0, "how often changed windows are emitted")
     max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
     sink_batch_messages: int = _setting(500, "metrics messages per ClickHouse insert, at most")
@@ -78,6 +98,20 @@ class Settings:
         for name in ("partitions", "window_seconds", "auc_bins", "sink_batch_messages"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        from pipeline.estimators.detectors import DETECTORS
+
+        unknown = set(self.detector_names) - set(DETECTORS)
+        if unknown:
+            raise ValueError(f"detectors: unknown {sorted(unknown)}; known: {sorted(DETECTORS)}")
+        from pipeline.estimators.drift import METHODS
+
+        effects = {m.name for m in METHODS.values() if m.kind == "effect" and m.threshold}
+        if not set(self.drift_deciders) <= effects:
+            raise ValueError(f"drift_decide_by: expected some of {sorted(effects)}")
+        if self.drift_correction not in ("bh", "bonferroni", "none"):
+            raise ValueError(
+                f"drift_correction: expected bh, bonferroni or none, got {self.drift_correction!r}"
+            )
         if self.lateness_seconds < 0 or self.label_ttl_seconds < 0:
             raise ValueError("lateness_seconds and label_ttl_seconds must be >= 0")
 
@@ -105,6 +139,14 @@ class Settings:
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
         return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+
+    @property
+    def drift_deciders(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.drift_decide_by.split(",") if n.strip())
+
+    @property
+    def detector_names(self) -> tuple[str, ...]:
+        return tuple(n.strip() for n in self.detectors.split(",") if n.strip())
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)

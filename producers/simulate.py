@@ -78,8 +78,7 @@ def generate(
         start_ts = default_start_ts(events, events_per_second_event_time)
     rng = np.random.default_rng(seed)
     digits = load_digits()
-    order = rng.permutation(len(digits.target))
-    train, serve = order[: len(order) // 2], order[len(order) // 2 :]
+    train, serve = _split(rng, len(digits.target))
     clf = LogisticRegression(max_iter=1000).fit(digits.data[train] / 16.0, digits.target[train])
     classes = [str(c) for c in clf.classes_]
     run = f"{model}-{seed}-{int(start_ts)}"
@@ -144,6 +143,24 @@ def generate(
                 sequence += 1
     while pending:
         yield "label", heapq.heappop(pending)[2]
+
+
+def training_features(seed: int = 0) -> list[dict[str, Any]]:
+    """The features of the images :func:`generate`'s classifier is trained on (for the same
+    ``seed``), in the predictions' format: the data set a drift reference is profiled from."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    train, _ = _split(np.random.default_rng(seed), len(digits.target))
+    images = digits.data[train].astype(float)
+    pixels = np.round(images, 2).tolist()
+    return [{**f, "pixels": p} for f, p in zip(_features(images), pixels, strict=True)]
+
+
+def _split(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training and serving halves of the data set (the generator's first draw)."""
+    order = rng.permutation(n)
+    return order[: n // 2], order[n // 2 :]
 
 
 @dataclass(frozen=True, slots=True)

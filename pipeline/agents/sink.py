@@ -10,6 +10,7 @@ import faust
 
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink, redact
+from pipeline.sink.derive import Deriver
 from schemas.rows import decode_rows
 from schemas.topics import Topics
 
@@ -23,15 +24,20 @@ class SinkRuntime:
         self.settings = settings
         self.topics = topics
         self.sink: ClickHouseSink | None = None
+        self.deriver: Deriver | None = None
         self.last_input = time.monotonic()
         self.failures = 0
+        self.busy = False  # a batch is being written (or retried)
 
     def open(self) -> ClickHouseSink:
         if self.sink is None:
             self.sink = ClickHouseSink(
-                self.settings.clickhouse_dsn, self.settings.clickhouse_database
+                self.settings.clickhouse_dsn,
+                self.settings.clickhouse_database,
+                self.settings.window_seconds,
             )
             self.sink.migrate()
+            self.deriver = Deriver(self.sink, self.settings)
         return self.sink
 
     def batch(self, events: list[faust.EventT]) -> dict[str, list[dict]]:
@@ -50,7 +56,7 @@ class SinkRuntime:
                     "raw_size": int(headers.get("raw_size", len(message.value or b""))),
                     "received_at": int(headers.get("received_at", 0)),
                 }
-                tables.setdefault("dead_letters", []).append(row)
+                tables.setdefault("dead_letters_rows", []).append(row)
                 continue
             try:
                 rows = decode_rows(message.value)
@@ -62,17 +68,35 @@ class SinkRuntime:
             tables.setdefault(rows.table, []).extend(rows.rows)
         return tables
 
+    def _write(self, tables: dict[str, list[dict]]) -> None:
+        """Insert, then derive drift and data quality for the windows whose feature
+        summaries changed (blocking: runs in a worker thread)."""
+        sink = self.open()
+        for table, rows in tables.items():
+            sink.insert(table, rows)
+        assert self.deriver is not None
+        derived = []
+        if tables.get("reference_profiles"):
+            models = {(r["model"], r["model_version"]) for r in tables["reference_profiles"]}
+            derived.append(self.deriver.rederive(models))
+        if tables.get("feature_partials"):
+            derived.append(self.deriver.derive(tables["feature_partials"]))
+        for by_table in derived:
+            for table, rows in by_table.items():
+                sink.insert(f"{table}_rows", rows)
+
     async def write(self, events: list[faust.EventT]) -> None:
         """Insert everything in ``events``; retry with backoff until ClickHouse accepts it."""
         self.last_input = time.monotonic()
+        self.busy = True
         tables = self.batch(events)
         delay = 0.5
         while True:
             try:
-                sink = await asyncio.to_thread(self.open)
-                for table, rows in tables.items():
-                    await asyncio.to_thread(sink.insert, table, rows)
+                await asyncio.to_thread(self._write, tables)
                 self.failures = 0
+                self.busy = False
+                self.last_input = time.monotonic()
                 return
             except Exception as exc:
                 self.failures += 1

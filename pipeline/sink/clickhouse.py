@@ -12,18 +12,17 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 
-from pipeline.sink import quality_sql, tables
+from pipeline.sink import drift_sql, quality_sql, tables
 
 log = logging.getLogger(__name__)
 
-MIGRATIONS: tuple[Callable[[str], list[str]], ...] = (tables.ddl, quality_sql.ddl)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
@@ -38,12 +37,13 @@ def redact(dsn: str) -> str:
 class ClickHouseSink:
     """One connection to the result database; methods are blocking and thread-safe."""
 
-    def __init__(self, dsn: str, database: str) -> None:
+    def __init__(self, dsn: str, database: str, window_seconds: int = 60) -> None:
         if not _IDENTIFIER.match(database):
             raise ValueError(f"database name must be a plain identifier, got {database!r}")
         if dsn.startswith("chdb://"):
             Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
         self.database = database
+        self.window_ms = window_seconds * 1000
         self._lock = threading.Lock()
         try:
             self._client = clickhouse_connect.get_client(dsn=dsn)
@@ -55,9 +55,13 @@ class ClickHouseSink:
         """Create the database, tables and views that do not exist yet (idempotent)."""
         with self._lock:
             self._client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-            for ddl in MIGRATIONS:
-                for statement in ddl(self.database):
-                    self._client.command(statement)
+            statements = [
+                *quality_sql.ddl(self.database),
+                *tables.ddl(self.database, self.window_ms),
+                *drift_sql.ddl(self.database),
+            ]
+            for statement in statements:
+                self._client.command(statement)
             self._client.database = self.database  # unqualified names in queries resolve here
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -91,10 +95,12 @@ class ClickHouseSink:
                 described = self._client.query(
                     f"DESCRIBE TABLE {self.database}.{table}"
                 ).result_rows
-            self._map_columns[table] = {r[0] for r in described if str(r[1]).startswith("Map(")}
+            self._map_columns[table] = {
+                r[0] for r in described if re.match(r"Map\((U?Int\d+),", str(r[1]))
+            }
         return self._map_columns[table]
 
 
 def _map_keys(value: Mapping[Any, Any]) -> dict[int, Any]:
-    # JSON carries map keys as strings; the histogram maps are keyed by bin number.
+    # JSON carries map keys as strings; maps keyed by integers (histogram bins) need them back.
     return {int(k): v for k, v in value.items()}

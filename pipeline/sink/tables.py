@@ -1,13 +1,14 @@
-"""Tables of the pipeline itself: dead letters and self-metrics (``{db}``-qualified DDL)."""
+"""Tables of the pipeline itself: dead letters, self-metrics and per-model activity
+(``{db}``-qualified DDL)."""
 
 from __future__ import annotations
 
 DEAD_LETTER_RAW_BYTES = 65_536  # raw bytes kept per dead letter; raw_size has the full size
 
 
-def ddl(db: str) -> list[str]:
+def ddl(db: str, window_ms: int) -> list[str]:
     return [
-        f"""CREATE TABLE IF NOT EXISTS {db}.dead_letters (
+        f"""CREATE TABLE IF NOT EXISTS {db}.dead_letters_rows (
             source_topic String,
             source_partition UInt32,
             source_offset UInt64,
@@ -29,6 +30,14 @@ def ddl(db: str) -> list[str]:
             inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(version)
         ORDER BY (stage, run_id, partition, counter)""",
+        f"CREATE OR REPLACE VIEW {db}.dead_letters AS SELECT * FROM {db}.dead_letters_rows FINAL",
+        # A model whose feed stops still has a row per window (0 predictions), not a gap.
+        f"""CREATE OR REPLACE VIEW {db}.model_activity AS
+        SELECT model, model_version, window_start, sum(predictions) AS predictions
+        FROM {db}.quality_partials FINAL
+        GROUP BY model, model_version, window_start
+        ORDER BY model, model_version, window_start
+            WITH FILL STEP toIntervalMillisecond({window_ms})""",
         f"""CREATE OR REPLACE VIEW {db}.pipeline_stats AS
         SELECT stage, counter, sum(value) AS value
         FROM {db}.pipeline_counters FINAL

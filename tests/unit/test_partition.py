@@ -6,27 +6,42 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.quality import QualityPartition
+from pipeline.detection import DetectorStreams
+from pipeline.partition import PartitionState
 from schemas.events import Label, Prediction
 
 WINDOW = 60_000
 TTL = 120_000
 
 
-def pred(eid: str, ts: int, y: str = "1", score: float = 0.8, segment: str = "") -> Prediction:
-    return Prediction(eid, "m", "v1", ts, "binary", y, score=score, segment=segment)
+def pred(
+    eid: str, ts: int, y: str = "1", score: float = 0.8, segment: str = "", features: Any = None
+) -> Prediction:
+    return Prediction(
+        eid, "m", "v1", ts, "binary", y, score=score, segment=segment, features=features
+    )
 
 
 def label(eid: str, ts: int, y: str = "1") -> Label:
     return Label(eid, ts, y)
 
 
-def new_state(**kw: Any) -> QualityPartition:
-    return QualityPartition(
-        0, window_ms=WINDOW, lateness_ms=10_000, label_ttl_ms=TTL, auc_bins=100, **kw
+DETECTORS = ("adwin", "page_hinkley")
+
+
+def new_state(**kw: Any) -> PartitionState:
+    return PartitionState(
+        0,
+        window_ms=WINDOW,
+        lateness_ms=10_000,
+        label_ttl_ms=TTL,
+        auc_bins=100,
+        detectors=DETECTORS,
+        **kw,
     )
 
 
@@ -34,6 +49,10 @@ def final_rows(emitted: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
     """What ReplacingMergeTree keeps: the highest version per key."""
     out: dict[tuple, dict[str, Any]] = {}
     for row in emitted:
+        if "detector" in row:  # a detector firing: the row is its own key
+            key = tuple(sorted(row.items()))
+            out[key] = row
+            continue
         key = (
             row["model"],
             row["model_version"],
@@ -41,6 +60,7 @@ def final_rows(emitted: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
             row["window_start"],
             row["partition"],
             row.get("class"),
+            row.get("feature"),
         )
         if key not in out or row["version"] > out[key]["version"]:
             out[key] = row
@@ -48,7 +68,7 @@ def final_rows(emitted: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
 
 
 def run(
-    state: QualityPartition, messages: list[tuple[str, int, list[Any]]], flush_every: int = 1
+    state: PartitionState, messages: list[tuple[str, int, list[Any]]], flush_every: int = 1
 ) -> list[dict[str, Any]]:
     emitted: list[dict[str, Any]] = []
     for i, (topic, offset, events) in enumerate(messages):
@@ -58,9 +78,9 @@ def run(
             state.add_labels(offset, events)
         if (i + 1) % flush_every == 0:
             rows = state.flush()
-            emitted += rows.windows + rows.classes
+            emitted += rows.windows + rows.classes + rows.features + rows.detections
     rows = state.flush()
-    return emitted + rows.windows + rows.classes
+    return emitted + rows.windows + rows.classes + rows.features + rows.detections
 
 
 def test_join_in_either_order_counts_each_event_once() -> None:
@@ -110,14 +130,19 @@ def test_low_watermarks_hold_back_for_open_windows() -> None:
     assert l_mark is None
 
 
-def _stream(seed: int, n: int = 400) -> tuple[list[list[Any]], list[list[Any]]]:
-    """Predictions in time order and labels delayed, both in small messages."""
+def _stream(seed: int, n: int = 1500) -> tuple[list[list[Any]], list[list[Any]]]:
+    """Predictions in time order and labels delayed, both in small messages; from the middle
+    on the model is worse and its scores and a feature shift, so the detectors fire."""
     rng = random.Random(seed)
     preds, labels = [], []
     for i in range(n):
-        ts = i * 700 + rng.randint(0, 5_000)
+        ts = i * 200 + rng.randint(0, 5_000)
         y = rng.choice("01")
-        preds.append(pred(f"e{i}", ts, rng.choice("01"), rng.random(), segment=rng.choice("ab")))
+        worse = i > n // 2
+        y_pred = y if rng.random() < (0.6 if worse else 0.95) else "10"[int(y)]
+        score = min(max(rng.gauss(0.7 if worse else 0.5, 0.1), 0.0), 1.0)
+        features = {"x": rng.gauss(2.0 if worse else 0.0, 1.0), "c": rng.choice("pqr")}
+        preds.append(pred(f"e{i}", ts, y_pred, score, rng.choice("ab"), features))
         if rng.random() < 0.9:
             labels.append(label(f"e{i}", ts + rng.randint(1_000, 200_000), y))
         if rng.random() < 0.05:
@@ -182,6 +207,8 @@ def test_restart_from_checkpoint_gives_the_rows_of_an_undisturbed_run(
         pred_max_ts=p_mark.max_ts if p_mark else None,
         label_max_ts=l_mark.max_ts if l_mark else None,
     )
+    saved = orjson.loads(orjson.dumps(first.detectors.to_state()))
+    second.detectors = DetectorStreams(DETECTORS, saved)
     rest = _interleave(
         _numbered("p", preds, p_mark.offset if p_mark else 0),
         _numbered("l", labels, l_mark.offset if l_mark else 0),

@@ -1,4 +1,5 @@
-"""Prediction ⨝ label state and classification-quality windows of one input partition.
+"""Prediction ⨝ label state and the windows of one input partition: classification quality,
+feature summaries, and the per-event streams its drift detectors watch.
 
 Predictions and labels of one ``event_id`` share a partition, so each partition joins on its
 own. Every decision is made from event time and the position in each topic, never from arrival
@@ -18,7 +19,7 @@ A window's ``version`` counts the folds into it, so a state rebuilt from part of
 emits a lower version than the complete one and loses to it in ClickHouse.
 
 The committed offset of each topic is the *low watermark of live state*: the first offset any
-live prediction, label or window still needs (:meth:`QualityPartition.low_watermarks`).
+live prediction, label or window still needs (:meth:`PartitionState.low_watermarks`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.detection import DetectorStreams
 from pipeline.estimators.classification import ClassificationWindow
+from pipeline.estimators.features import FeatureWindow
 from pipeline.windows import Mark, Watermark, window_start
 from schemas.events import CLASSIFICATION_TASKS, Label, Prediction
 
@@ -68,6 +71,7 @@ class _Bucket:
 @dataclass(slots=True)
 class _Window:
     acc: ClassificationWindow
+    features: FeatureWindow
     version: int = 0
     dirty: bool = True
 
@@ -82,9 +86,11 @@ class Rows:
 
     windows: list[dict[str, Any]]
     classes: list[dict[str, Any]]
+    features: list[dict[str, Any]]
+    detections: list[dict[str, Any]]
 
 
-class QualityPartition:
+class PartitionState:
     """The join and the quality windows of one partition (see the module docstring)."""
 
     def __init__(
@@ -95,6 +101,7 @@ class QualityPartition:
         lateness_ms: int,
         label_ttl_ms: int,
         auc_bins: int,
+        detectors: Sequence[str] = (),
         pred_max_ts: int | None = None,
         label_max_ts: int | None = None,
     ) -> None:
@@ -114,14 +121,15 @@ class QualityPartition:
         self.counters: Counter[str] = Counter()
         self.next_pred: Mark | None = None  # the next prediction offset to read, with its watermark
         self.next_label: Mark | None = None
+        self.detectors = DetectorStreams(detectors)
 
     # --- input ----------------------------------------------------------------------------
 
     def add_predictions(self, offset: int, preds: Sequence[Prediction]) -> None:
         """Fold the predictions of the message at ``offset`` of the predictions topic."""
         mark = Mark(offset, self.pred_wm.max_ts)
-        pairs: dict[WindowKey, list[tuple[_Pred, _Label]]] = defaultdict(list)
-        counts: Counter[WindowKey] = Counter()
+        pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] = defaultdict(list)
+        features: dict[WindowKey, list[dict[str, Any]]] = defaultdict(list)
         for p in preds:
             if self.pred_wm.is_late(p.ts_ms):
                 self.counters["late_predictions"] += 1
@@ -135,22 +143,25 @@ class QualityPartition:
             key = (p.model, p.model_version, p.segment, start)
             entry = _Pred(p.ts_ms, key, p.task, p.prediction, _proba(p))
             self.pred_index[p.event_id] = bucket.preds[p.event_id] = entry
-            counts[key] += 1
+            features[key].append(_observed(p))
+            score = _score(entry)
+            if score is not None:
+                self.detectors.push("score", p.ts_ms, p.event_id, p.model, p.model_version, score)
             label = self.label_index.get(p.event_id)
             if label is not None and label.open and self._joinable(entry.ts_ms, label.ts_ms):
-                pairs[key].append((entry, label))
+                pairs[key].append((p.event_id, entry, label))
                 label.open = entry.open = False
             elif bucket.preds_closed:  # no label can still join it
                 entry.open = False
                 self.counters["expired_unlabelled"] += 1
             self.pred_wm.observe(p.ts_ms)
-        self._fold(counts, pairs, None)
+        self._fold(features, pairs, None)
         self.next_pred = Mark(offset + 1, self.pred_wm.max_ts)
 
     def add_labels(self, offset: int, labels: Sequence[Label]) -> None:
         """Fold the labels of the message at ``offset`` of the labels topic."""
         mark = Mark(offset, self.label_wm.max_ts)
-        pairs: dict[WindowKey, list[tuple[_Pred, _Label]]] = defaultdict(list)
+        pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] = defaultdict(list)
         for lab in labels:
             if self.label_wm.is_late(lab.ts_ms):
                 self.counters["late_labels"] += 1
@@ -164,13 +175,13 @@ class QualityPartition:
             self.label_index[lab.event_id] = bucket.labels[lab.event_id] = entry
             pred = self.pred_index.get(lab.event_id)
             if pred is not None and pred.open and self._joinable(pred.ts_ms, entry.ts_ms):
-                pairs[pred.key].append((pred, entry))
+                pairs[pred.key].append((lab.event_id, pred, entry))
                 pred.open = entry.open = False
             elif bucket.labels_closed:  # no prediction can still join it
                 entry.open = False
                 self.counters["unmatched_labels"] += 1
             self.label_wm.observe(lab.ts_ms)
-        self._fold(Counter(), pairs, mark)
+        self._fold({}, pairs, mark)
         self.next_label = Mark(offset + 1, self.label_wm.max_ts)
 
     def _joinable(self, pred_ts: int, label_ts: int) -> bool:
@@ -182,18 +193,19 @@ class QualityPartition:
 
     def _fold(
         self,
-        counts: Counter[WindowKey],
-        pairs: dict[WindowKey, list[tuple[_Pred, _Label]]],
+        features: dict[WindowKey, list[dict[str, Any]]],
+        pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]],
         label_mark: Mark | None,
     ) -> None:
-        for key, n in counts.items():
+        for key, observed in features.items():
             w = self._window(key)
-            w.acc.add_predictions(n)
-            w.version += n
+            w.acc.add_predictions(len(observed))
+            w.features.update(observed)
+            w.version += len(observed)
             w.dirty = True
         for key, joined in pairs.items():
             y_true, y_pred, proba = [], [], []
-            for pred, label in joined:
+            for event_id, pred, label in joined:
                 if not _label_fits(pred.task, label.label):
                     self.counters["label_type_mismatch"] += 1
                     continue
@@ -203,6 +215,15 @@ class QualityPartition:
                 y_true.append(label.label)
                 y_pred.append(pred.y_pred)
                 proba.append(pred.proba)
+                if pred.ts_ms <= label.ts_ms:
+                    self.detectors.push(
+                        "error",
+                        label.ts_ms,
+                        event_id,
+                        key[0],
+                        key[1],
+                        float(pred.y_pred != label.label),
+                    )
             self.counters["joined"] += len(joined)
             if label_mark is not None:
                 bucket = self.buckets[key[3]]
@@ -217,7 +238,7 @@ class QualityPartition:
         windows = self.buckets[key[3]].windows
         w = windows.get(key)
         if w is None:
-            w = windows[key] = _Window(ClassificationWindow(self.auc_bins))
+            w = windows[key] = _Window(ClassificationWindow(self.auc_bins), FeatureWindow())
         return w
 
     # --- output ---------------------------------------------------------------------------
@@ -227,6 +248,7 @@ class QualityPartition:
         Call it before reading :meth:`low_watermarks` for a checkpoint."""
         window_rows: list[dict[str, Any]] = []
         class_rows: list[dict[str, Any]] = []
+        feature_rows: list[dict[str, Any]] = []
         for bucket in self.buckets.values():
             for key, w in bucket.windows.items():
                 if not w.dirty:
@@ -244,8 +266,13 @@ class QualityPartition:
                 totals, per_class = w.acc.rows()
                 window_rows.append(base | totals)
                 class_rows.extend(base | c for c in per_class)
+                feature_rows.extend(base | f for f in w.features.rows())
+        detections = self.detectors.release("score", self.pred_wm.value, self.partition)
+        detections += self.detectors.release(
+            "error", min(self.pred_wm.value, self.label_wm.value), self.partition
+        )
         self._evict()
-        return Rows(window_rows, class_rows)
+        return Rows(window_rows, class_rows, feature_rows, detections)
 
     def _evict(self) -> None:
         for start in sorted(self.buckets):
@@ -285,6 +312,26 @@ class QualityPartition:
 
 def _lowest(marks: Iterable[Mark], default: Mark | None) -> Mark | None:
     return min(marks, key=lambda m: m.offset, default=default)
+
+
+def _observed(p: Prediction) -> dict[str, Any]:
+    """The features of a prediction plus the prediction itself, as drift watches both."""
+    observed = dict(p.features) if p.features else {}
+    if isinstance(p.prediction, str | float):
+        observed["__prediction__"] = p.prediction
+    if p.score is not None:
+        observed["__score__"] = p.score
+    return observed
+
+
+def _score(pred: _Pred) -> float | None:
+    """What the score detectors watch: P(label = 1) for binary models, else the top
+    probability (the model's confidence)."""
+    if pred.proba is None:
+        return None
+    if pred.task == "binary":
+        return pred.proba.get("1", 0.0)
+    return max(pred.proba.values())
 
 
 def _proba(p: Prediction) -> dict[str, float] | None:

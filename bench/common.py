@@ -1,0 +1,52 @@
+"""Running one measurement as its own process, with its peak RSS."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from typing import Any
+
+import orjson
+
+
+
+def emit(result: dict[str, Any], path: str) -> None:
+    """A measurement process's last word: its result, as JSON in ``path`` (Faust workers
+    take over stdout, so results go to a file)."""
+    with open(path, "wb") as f:
+        f.write(orjson.dumps(result))
+
+
+def run_measured(
+    cmd: list[str], out_path: str, timeout: float, log_path: str
+) -> tuple[dict[str, Any], float, float]:
+    """Run ``cmd`` (which writes its result to ``out_path``) and wait for it; returns (its
+    result, its peak RSS in MiB, wall seconds). The peak RSS is the child's own (``wait4``),
+    so each measurement is counted apart."""
+    started = time.monotonic()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        code, rss = wait_measured(proc, timeout)
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd[1:3])} exited with {code}; see {log_path}")
+    if not os.path.exists(out_path):
+        raise RuntimeError(f"{' '.join(cmd[1:3])} wrote no result; see {log_path}")
+    with open(out_path, "rb") as f:
+        return orjson.loads(f.read()), rss, time.monotonic() - started
+
+
+def wait_measured(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
+    """Wait for a started child; returns (exit code, peak RSS in MiB)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss / 1024.0
+        if time.monotonic() > deadline:
+            proc.kill()
+            os.wait4(proc.pid, 0)
+            proc.returncode = -9
+            raise RuntimeError(f"process {proc.pid} still running after {timeout}s")
+        time.sleep(0.05)

@@ -1,0 +1,702 @@
+"""Drift and data-quality statistics of one feature: a window ``Summary`` against a reference.
+
+A :class:`Summary` is the merged view of one feature's partial rows
+(:meth:`pipeline.estimators.features.FeatureWindow.rows`, summed across partitions). Every
+statistic is a pure function ``f(window, reference) -> Result``, registered in
+:data:`METHODS` under a stable name with a default threshold; :func:`decide` turns the
+results of one window into per-feature decisions. ``docs/metrics.md`` ("Drift and data
+quality") gives the definitions, error bounds and defaults.
+
+Exact where the data allow it: when both summaries carry their raw values (at most
+``exact_max`` finite values), ``ks`` and ``wasserstein`` are scipy's statistics on them;
+otherwise they are computed from the sketches and report a bound on their error
+(``Result.error_bound``) computed from the data.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats
+
+from pipeline.estimators.features import (
+    OTHER,
+    FeatureWindow,
+    bucket_bounds,
+    cap_categories,
+    category_key,
+)
+
+__all__ = [
+    "METHODS",
+    "Decision",
+    "Method",
+    "Quality",
+    "Result",
+    "Summary",
+    "adjust_p_values",
+    "chi_square",
+    "compare",
+    "decide",
+    "histograms",
+    "jensen_shannon",
+    "ks",
+    "out_of_range_rate",
+    "psi",
+    "type_mismatch",
+    "unseen_categories",
+    "wasserstein",
+    "wasserstein_normalised",
+]
+
+Kind = Literal["numeric", "categorical"]
+#: Added to every bin count before PSI's proportions: p = (count + 0.5) / (n + 0.5 · bins).
+PSI_SMOOTHING = 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class Summary:
+    """Merged summaries of one feature (a window's partials, or a reference).
+
+    ``sketch`` maps bucket index to count (finite numeric values), ``categories`` maps the
+    kept strings to counts and ``other`` counts the rest; ``values`` holds every finite
+    numeric value, sorted, or is ``None`` when some partial had too many to keep.
+
+    Examples
+    --------
+    >>> s = Summary.from_values([1.0, 2.0, float("nan"), "a", None])
+    >>> s.present, s.numeric, s.nonfinite, s.text, s.count, s.kind
+    (4, 3, 1, 1, 2, 'numeric')
+    >>> s.values.tolist(), s.categories, s.min, s.max
+    ([1.0, 2.0], {'a': 1}, 1.0, 2.0)
+    """
+
+    present: int = 0
+    numeric: int = 0
+    nonfinite: int = 0
+    text: int = 0
+    sum: float = 0.0
+    sum_sq: float = 0.0
+    min: float = math.inf
+    max: float = -math.inf
+    sketch: Mapping[int, int] = field(default_factory=dict)
+    categories: Mapping[str, int] = field(default_factory=dict)
+    other: int = 0
+    values: np.ndarray | None = None
+    relative_accuracy: float = 0.01
+    max_categories: int = 100
+
+    @classmethod
+    def from_rows(
+        cls,
+        rows: Iterable[Mapping[str, Any]],
+        relative_accuracy: float = 0.01,
+        max_categories: int = 100,
+    ) -> Summary:
+        """Sum partial rows of one feature (any order; ``min``/``max`` ``None`` = none).
+
+        The category cap is applied again to the sum, which makes the kept counts exact
+        (see :func:`~pipeline.estimators.features.cap_categories`).
+        """
+        counts = dict.fromkeys(("present", "numeric", "nonfinite", "text"), 0)
+        sums: list[float] = []
+        squares: list[float] = []
+        low, high = math.inf, -math.inf
+        sketch: dict[int, int] = {}
+        categories: dict[str, int] = {}
+        values: list[float] | None = []
+        for row in rows:
+            for name in counts:
+                counts[name] += int(row[name])
+            sums.append(float(row["sum"]))
+            squares.append(float(row["sum_sq"]))
+            if row["min"] is not None:
+                low, high = min(low, float(row["min"])), max(high, float(row["max"]))
+            _add(sketch, row["sketch"])
+            _add(categories, row["categories"])
+            if values is not None and len(row["values"]) == row["numeric"] - row["nonfinite"]:
+                values.extend(row["values"])
+            else:
+                values = None
+        other = categories.pop(OTHER, 0) + cap_categories(categories, max_categories)
+        return cls(
+            **counts,
+            sum=_fsum(sums),
+            sum_sq=_fsum(squares),
+            min=low,
+            max=high,
+            sketch=dict(sorted(sketch.items())),
+            categories=dict(sorted(categories.items())),
+            other=other,
+            values=None if values is None else _frozen(np.sort(np.asarray(values, float))),
+            relative_accuracy=relative_accuracy,
+            max_categories=max_categories,
+        )
+
+    @classmethod
+    def from_values(
+        cls,
+        values: Iterable[Any],
+        relative_accuracy: float = 0.01,
+        max_categories: int = 100,
+        exact_max: int = 1000,
+    ) -> Summary:
+        """Summary of one feature's values, by the same accumulator as the windows.
+
+        ``None`` is a missing value; floats (NaN and inf included) are numeric, strings are
+        categories. Raw values are kept if there are at most ``exact_max`` finite ones.
+        """
+        w = FeatureWindow(relative_accuracy, max_categories, exact_max, projections=0)
+        w.update_column("x", values)
+        return cls.from_rows(
+            (r for r in w.rows() if r["feature"] == "x"), relative_accuracy, max_categories
+        )
+
+    @classmethod
+    def from_series(cls, series: Any, **options: Any) -> Summary:
+        """:meth:`from_values` of a pandas Series, its NA values (NaN included) as missing."""
+        return cls.from_values(series.dropna().to_numpy(), **options)
+
+    @property
+    def count(self) -> int:
+        """Finite numeric values."""
+        return self.numeric - self.nonfinite
+
+    @property
+    def kind(self) -> Kind | None:
+        """``"numeric"`` or ``"categorical"``: the more frequent kind (ties: numeric)."""
+        if self.numeric == 0 and self.text == 0:
+            return None
+        return "numeric" if self.numeric >= self.text else "categorical"
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation of the finite values (NaN if none).
+
+        From the raw values when kept, else from ``sum`` and ``sum_sq`` (which loses
+        precision when the mean is large against the spread).
+        """
+        n = self.count
+        if n == 0:
+            return math.nan
+        if self.values is not None:
+            return float(np.std(self.values))
+        mean = self.sum / n
+        return math.sqrt(max(self.sum_sq / n - mean * mean, 0.0))
+
+    def hides(self, category: str) -> bool:
+        """Whether ``category`` may be counted in ``other`` (beyond the category cap)."""
+        if self.other == 0:
+            return False
+        if not self.categories:
+            return True
+        return category_key(category) > max(map(category_key, self.categories))
+
+
+@dataclass(frozen=True)
+class Result:
+    """One statistic of one feature: ``window`` against ``reference``.
+
+    ``error_bound`` bounds ``|statistic − exact statistic on the raw values|`` (for ``ks``
+    on sketches: the exact statistic lies in ``[statistic, statistic + error_bound]``);
+    ``exact`` says it was computed from raw values or is exact by definition. ``n_window``
+    and ``n_reference`` are the values compared (finite numbers or strings).
+    """
+
+    method: str
+    statistic: float
+    p_value: float | None = None
+    error_bound: float = 0.0
+    exact: bool = True
+    n_window: int = 0
+    n_reference: int = 0
+
+
+def _add(dst: dict[Any, int], src: Mapping[Any, int]) -> None:
+    for key, count in src.items():
+        dst[key] = dst.get(key, 0) + int(count)
+
+
+def _fsum(values: list[float]) -> float:
+    """Correctly rounded sum (so independent of row order); inf/NaN as float arithmetic."""
+    try:
+        return math.fsum(values)
+    except (OverflowError, ValueError):
+        return float(np.sum(values))
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
+
+
+def _kind(window: Summary, reference: Summary) -> Kind | None:
+    return reference.kind or window.kind
+
+
+def _undefined(method: str, n_window: int, n_reference: int, test: bool) -> Result:
+    p = math.nan if test else None
+    return Result(method, math.nan, p, math.nan, False, n_window, n_reference)
+
+
+def _aligned(window: Summary, reference: Summary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted union of the bucket indices and both sketches' counts on it."""
+    index = sorted(set(window.sketch) | set(reference.sketch))
+    cw = np.array([window.sketch.get(i, 0) for i in index], dtype=np.float64)
+    cr = np.array([reference.sketch.get(i, 0) for i in index], dtype=np.float64)
+    return np.array(index, dtype=np.int64), cw, cr
+
+
+def _quantile_cuts(reference: Summary, bins: int) -> np.ndarray:
+    """Bucket indices closing the reference's ``bins``-quantile bins (duplicates removed).
+
+    Cut ``q`` is the bucket holding the ``q / bins`` quantile: the first bucket whose
+    cumulative count reaches ``q · n / bins``.
+    """
+    items = sorted(reference.sketch.items())
+    index = np.array([i for i, _ in items], dtype=np.int64)
+    cum = np.cumsum(np.array([c for _, c in items], dtype=np.int64))
+    targets = np.arange(1, bins, dtype=np.int64) * cum[-1]
+    return np.unique(index[np.searchsorted(cum * bins, targets, side="left")])
+
+
+def _category_table(window: Summary, reference: Summary) -> tuple[np.ndarray, np.ndarray]:
+    """Counts on the union of categories (+ ``other``), both sides comparable.
+
+    A category kept on one side that the other side may hold in ``other`` (past its cap)
+    is moved to ``other`` on both, so every column counts the same strings on both sides.
+    """
+    wc, rc = dict(window.categories), dict(reference.categories)
+    wo, ro = window.other, reference.other
+    for c in sorted(set(wc) ^ set(rc)):
+        if c in wc and reference.hides(c):
+            wo += wc.pop(c)
+        elif c in rc and window.hides(c):
+            ro += rc.pop(c)
+    labels = sorted(set(wc) | set(rc))
+    w = [wc.get(c, 0) for c in labels] + ([wo] if wo or ro else [])
+    r = [rc.get(c, 0) for c in labels] + ([ro] if wo or ro else [])
+    return np.array(w, dtype=np.float64), np.array(r, dtype=np.float64)
+
+
+def histograms(
+    window: Summary, reference: Summary, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray]:
+    """Window and reference counts on the bins of ``psi`` and ``jensen_shannon``.
+
+    Numeric (the reference's kind): ``bins`` reference quantile bins snapped to sketch
+    buckets — bin ``j`` holds the buckets after cut ``j − 1`` up to cut ``j``, the last bin
+    everything above — so the counts are exact for the bucketed data. Categorical: the
+    categories of either side, plus ``other`` when either has one.
+
+    >>> ref = Summary.from_values(np.arange(100.0))
+    >>> w, r = histograms(Summary.from_values(np.arange(50.0)), ref, bins=4)
+    >>> w.tolist(), r.tolist()
+    ([25.0, 25.0, 0.0, 0.0], [25.0, 25.0, 26.0, 24.0])
+    """
+    if _kind(window, reference) == "categorical":
+        return _category_table(window, reference)
+    if reference.count == 0:
+        return np.zeros(1), np.zeros(1)
+    index, cw, cr = _aligned(window, reference)
+    cuts = _quantile_cuts(reference, bins)
+    which = np.searchsorted(cuts, index, side="left")
+    size = cuts.size + 1
+    return np.bincount(which, cw, size), np.bincount(which, cr, size)
+
+
+def psi(window: Summary, reference: Summary, bins: int = 10) -> Result:
+    """Population Stability Index on :func:`histograms` (natural log, smoothed counts).
+
+    ``PSI = Σ (p_w − p_r) · ln(p_w / p_r)`` with ``p = (count + 0.5) / (n + 0.5 · B)``
+    over the ``B`` bins.
+
+    >>> ref = Summary.from_values(np.arange(100.0))
+    >>> round(psi(ref, ref).statistic, 12)
+    0.0
+    >>> round(psi(Summary.from_values(np.arange(50.0)), ref).statistic, 3)
+    1.385
+    """
+    cw, cr = histograms(window, reference, bins)
+    nw, nr = int(cw.sum()), int(cr.sum())
+    if nw == 0 or nr == 0:
+        return _undefined("psi", nw, nr, test=False)
+    pw = (cw + PSI_SMOOTHING) / (nw + PSI_SMOOTHING * cw.size)
+    pr = (cr + PSI_SMOOTHING) / (nr + PSI_SMOOTHING * cr.size)
+    value = float(np.sum((pw - pr) * np.log(pw / pr)))
+    return Result("psi", value, n_window=nw, n_reference=nr)
+
+
+def jensen_shannon(window: Summary, reference: Summary, bins: int = 10) -> Result:
+    """Jensen–Shannon distance (base 2, in [0, 1]) on :func:`histograms`, unsmoothed.
+
+    ``sqrt(½ KL(p ‖ m) + ½ KL(q ‖ m))`` with ``m = (p + q) / 2`` and ``0 · log 0 = 0``:
+    ``scipy.spatial.distance.jensenshannon(p, q, base=2)``.
+
+    >>> ref = Summary.from_values(["a"] * 50 + ["b"] * 50)
+    >>> round(jensen_shannon(Summary.from_values(["a"] * 10), ref).statistic, 4)
+    0.5579
+    """
+    cw, cr = histograms(window, reference, bins)
+    nw, nr = int(cw.sum()), int(cr.sum())
+    if nw == 0 or nr == 0:
+        return _undefined("jensen_shannon", nw, nr, test=False)
+    p, q = cw / nw, cr / nr
+    m = (p + q) / 2.0
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float(np.sum(a[nz] * np.log2(a[nz] / m[nz])))
+
+    value = math.sqrt(min(max((kl(p) + kl(q)) / 2.0, 0.0), 1.0))
+    return Result("jensen_shannon", value, n_window=nw, n_reference=nr)
+
+
+def _ks_p_value(d: float, n1: int, n2: int) -> float:
+    """ks_2samp's asymptotic two-sided p-value: ``kstwo.sf(D, round(n1·n2 / (n1 + n2)))``."""
+    big, small = max(n1, n2), min(n1, n2)
+    return float(np.clip(stats.kstwo.sf(d, np.round(big * small / (big + small))), 0.0, 1.0))
+
+
+def ks(window: Summary, reference: Summary) -> Result:
+    """Two-sample Kolmogorov–Smirnov statistic and two-sided p-value (numeric).
+
+    Raw values on both sides: ``scipy.stats.ks_2samp`` (``method="auto"``). Otherwise the
+    largest CDF gap at bucket boundaries, a lower bound of the exact statistic: the exact
+    one is at most ``error_bound`` larger, a bound that only buckets holding values of both
+    samples contribute to. Its p-value is ks_2samp's asymptotic one.
+
+    >>> ref = Summary.from_values(np.linspace(0.0, 1.0, 200))
+    >>> r = ks(Summary.from_values(np.linspace(0.5, 1.5, 200)), ref)
+    >>> round(r.statistic, 3), r.p_value < 1e-6, r.exact
+    (0.5, True, True)
+    """
+    nw, nr = window.count, reference.count
+    if nw == 0 or nr == 0:
+        return _undefined("ks", nw, nr, test=True)
+    if window.values is not None and reference.values is not None:
+        res = stats.ks_2samp(window.values, reference.values)
+        return Result("ks", float(res.statistic), float(res.pvalue), 0.0, True, nw, nr)
+    index, cw, cr = _aligned(window, reference)
+    f, g = np.cumsum(cw) / nw, np.cumsum(cr) / nr
+    d = float(np.max(np.abs(f - g)))
+    fp, gp = np.r_[0.0, f[:-1]], np.r_[0.0, g[:-1]]
+    both = (cw > 0) & (cr > 0) & (index != 0)
+    inner = np.maximum(f - gp, g - fp)[both]
+    bound = max(float(inner.max()) - d, 0.0) if inner.size else 0.0
+    return Result("ks", d, _ks_p_value(d, nw, nr), bound, False, nw, nr)
+
+
+def _abs_linear_integral(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``∫₀¹ |a + b·t| dt`` elementwise."""
+    end = a + b
+    same = a * end >= 0.0
+    crossing = (a * a + end * end) / (2.0 * np.where(same, 1.0, np.abs(b)))
+    return np.where(same, (np.abs(a) + np.abs(end)) / 2.0, crossing)
+
+
+def _wasserstein_sketch(window: Summary, reference: Summary) -> tuple[float, float]:
+    """``∫|F − G|`` with CDFs linear inside buckets, and a bound on its error.
+
+    Between buckets the CDFs are exact and constant. Inside a bucket ``F`` and ``G`` stay
+    between their values at its ends, so ``|F − G|`` lies between ``L`` and ``U`` there and
+    the error of the bucket is at most ``max(U·w − est, est − L·w)`` (``w`` its width,
+    clipped to the range of the data).
+    """
+    index, cw, cr = _aligned(window, reference)
+    low, high = bucket_bounds(index, reference.relative_accuracy)
+    lo_all, hi_all = min(window.min, reference.min), max(window.max, reference.max)
+    low, high = np.clip(low, lo_all, hi_all), np.clip(high, lo_all, hi_all)
+    width = high - low
+    f, g = np.cumsum(cw) / cw.sum(), np.cumsum(cr) / cr.sum()
+    fp, gp = np.r_[0.0, f[:-1]], np.r_[0.0, g[:-1]]
+    inside = _abs_linear_integral(fp - gp, (f - fp) - (g - gp)) * width
+    upper = np.maximum(f - gp, g - fp) * width
+    lower = np.maximum(np.maximum(fp - g, gp - f), 0.0) * width
+    gaps = np.abs(f[:-1] - g[:-1]) * np.maximum(low[1:] - high[:-1], 0.0)
+    error = np.maximum(upper - inside, inside - lower)
+    return float(inside.sum() + gaps.sum()), float(error.sum())
+
+
+def wasserstein(window: Summary, reference: Summary) -> Result:
+    """Wasserstein-1 distance between the finite values (numeric), in the feature's units.
+
+    Raw values on both sides: ``scipy.stats.wasserstein_distance``. Otherwise from the
+    sketches (see ``error_bound``): CDFs exact at bucket boundaries, linear inside buckets.
+
+    >>> ref = Summary.from_values(np.arange(10.0))
+    >>> wasserstein(Summary.from_values(np.arange(10.0) + 2.0), ref).statistic
+    2.0
+    """
+    nw, nr = window.count, reference.count
+    if nw == 0 or nr == 0:
+        return _undefined("wasserstein", nw, nr, test=False)
+    if window.values is not None and reference.values is not None:
+        value = float(stats.wasserstein_distance(window.values, reference.values))
+        return Result("wasserstein", value, n_window=nw, n_reference=nr)
+    value, bound = _wasserstein_sketch(window, reference)
+    return Result("wasserstein", value, None, bound, False, nw, nr)
+
+
+def wasserstein_normalised(window: Summary, reference: Summary) -> Result:
+    """:func:`wasserstein` divided by the reference's standard deviation (an effect size).
+
+    ``inf`` when the reference is constant and the distance is not 0.
+
+    >>> ref = Summary.from_values(np.arange(10.0))
+    >>> round(wasserstein_normalised(Summary.from_values(np.arange(10.0) + 2.0), ref).statistic, 4)
+    0.6963
+    """
+    r = wasserstein(window, reference)
+    std = reference.std
+    if std > 0.0:
+        value, bound = r.statistic / std, r.error_bound / std
+    else:
+        value, bound = (math.inf if r.statistic > 0.0 else r.statistic), r.error_bound
+    return Result("wasserstein_normalised", value, None, bound, r.exact, r.n_window, r.n_reference)
+
+
+def chi_square(window: Summary, reference: Summary) -> Result:
+    """Chi-square test of homogeneity (categorical): ``scipy.stats.chi2_contingency``.
+
+    On the 2 × K table of window and reference counts over the categories of
+    :func:`histograms`, zero columns dropped (Yates' correction when K = 2, as scipy does).
+
+    >>> ref = Summary.from_values(["a"] * 50 + ["b"] * 50)
+    >>> r = chi_square(Summary.from_values(["a"] * 90 + ["b"] * 10), ref)
+    >>> round(r.statistic, 2), r.p_value < 1e-6
+    (36.21, True)
+    """
+    cw, cr = _category_table(window, reference)
+    nw, nr = int(cw.sum()), int(cr.sum())
+    if nw == 0 or nr == 0:
+        return _undefined("chi_square", nw, nr, test=True)
+    table = np.vstack([cw, cr])
+    res = stats.chi2_contingency(table[:, table.sum(axis=0) > 0])
+    return Result("chi_square", float(res.statistic), float(res.pvalue), 0.0, True, nw, nr)
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered statistic: what it applies to, how it decides, and its default threshold.
+
+    ``kind`` ``"effect"``: drift when ``statistic > threshold`` (``None``: reported only);
+    ``"test"``: drift when the adjusted p-value ``< threshold``.
+    """
+
+    name: str
+    applies_to: tuple[Kind, ...]
+    kind: Literal["effect", "test"]
+    threshold: float | None
+    function: Callable[[Summary, Summary], Result]
+
+
+#: Every statistic by stable name.
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("psi", ("numeric", "categorical"), "effect", 0.2, psi),
+        Method("jensen_shannon", ("numeric", "categorical"), "effect", 0.1, jensen_shannon),
+        Method("wasserstein", ("numeric",), "effect", None, wasserstein),
+        Method("wasserstein_normalised", ("numeric",), "effect", 0.1, wasserstein_normalised),
+        Method("ks", ("numeric",), "test", 0.05, ks),
+        Method("chi_square", ("categorical",), "test", 0.05, chi_square),
+    )
+}
+
+
+def compare(
+    window: Summary, reference: Summary, methods: Sequence[str] | None = None
+) -> dict[str, Result]:
+    """Every method (or those named) that applies to the reference's kind, by name.
+
+    >>> ref = Summary.from_values(["a", "b"] * 50)
+    >>> sorted(compare(Summary.from_values(["a"] * 100), ref))
+    ['chi_square', 'jensen_shannon', 'psi']
+    """
+    kind = _kind(window, reference)
+    chosen = [METHODS[name] for name in (methods if methods is not None else METHODS)]
+    return {m.name: m.function(window, reference) for m in chosen if kind in m.applies_to}
+
+
+def adjust_p_values(
+    p_values: Sequence[float] | np.ndarray,
+    correction: Literal["bh", "bonferroni", "none"] = "bh",
+) -> np.ndarray:
+    """P-values adjusted for multiple testing; NaN stays NaN and does not count.
+
+    ``"bh"``: Benjamini–Hochberg, ``p_(i) · m / i`` made monotone from the largest down
+    (``scipy.stats.false_discovery_control``); ``"bonferroni"``: ``min(p · m, 1)``.
+
+    >>> adjust_p_values([0.01, 0.04, 0.03]).round(4).tolist()
+    [0.03, 0.04, 0.04]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    out = p.copy()
+    ok = np.isfinite(p)
+    q, m = p[ok], int(ok.sum())
+    if correction == "none" or m == 0:
+        return out
+    if correction == "bonferroni":
+        out[ok] = np.minimum(q * m, 1.0)
+    elif correction == "bh":
+        order = np.argsort(q, kind="stable")
+        scaled = q[order] * m / np.arange(1, m + 1)
+        adjusted = np.empty(m)
+        adjusted[order] = np.minimum(np.minimum.accumulate(scaled[::-1])[::-1], 1.0)
+        out[ok] = adjusted
+    else:
+        raise ValueError(f"unknown correction {correction!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Drift decision of one feature in one window.
+
+    ``flagged``: the methods whose rule fired (effects over threshold, or adjusted
+    p-values under it with ``rule="test"``); ``adjusted``: every test's adjusted p-value.
+    """
+
+    feature: str
+    drifted: bool
+    count: int
+    flagged: tuple[str, ...]
+    adjusted: Mapping[str, float]
+
+
+def decide(
+    results: Mapping[str, Mapping[str, Result]],
+    correction: Literal["bh", "bonferroni", "none"] = "bh",
+    alpha: float = 0.05,
+    min_count: int = 100,
+    rule: Literal["effect", "test"] = "effect",
+    thresholds: Mapping[str, float | None] | None = None,
+) -> dict[str, Decision]:
+    """Per-feature drift decisions from one window's results (feature → method → Result).
+
+    A feature drifted iff its window has at least ``min_count`` values and, with
+    ``rule="effect"`` (default), an effect size exceeds its threshold (``thresholds``
+    overrides :data:`METHODS`' defaults); with ``rule="test"``, a test's p-value adjusted
+    across every (feature, test) of the window is below ``alpha``. Adjusted p-values are
+    reported either way: with large windows tests flag shifts too small to matter.
+
+    >>> ref = Summary.from_values(np.arange(1000.0))
+    >>> res = {"x": compare(Summary.from_values(np.arange(1000.0) + 300.0), ref)}
+    >>> d = decide(res)["x"]
+    >>> d.drifted, d.flagged, d.adjusted["ks"] < 0.05
+    (True, ('jensen_shannon', 'psi', 'wasserstein_normalised'), True)
+    """
+    keys = [(f, m) for f, rs in results.items() for m, r in rs.items() if r.p_value is not None]
+    raw = np.array([results[f][m].p_value for f, m in keys], dtype=np.float64)
+    adjusted = dict(zip(keys, adjust_p_values(raw, correction), strict=True))
+    limits = {m.name: m.threshold for m in METHODS.values()} | dict(thresholds or {})
+    decisions = {}
+    for feature, rs in results.items():
+        count = max((r.n_window for r in rs.values()), default=0)
+        adj = {m: float(adjusted[feature, m]) for m in rs if (feature, m) in adjusted}
+        if rule == "effect":
+            flagged = [
+                m
+                for m, r in rs.items()
+                if METHODS[m].kind == "effect"
+                and limits.get(m) is not None
+                and r.statistic > limits[m]
+            ]
+        else:
+            flagged = [m for m, p in adj.items() if p < alpha]
+        flagged.sort()
+        drifted = count >= min_count and bool(flagged)
+        decisions[feature] = Decision(feature, drifted, count, tuple(flagged), adj)
+    return decisions
+
+
+@dataclass(frozen=True)
+class Quality:
+    """A data-quality count of a window against its reference.
+
+    ``count`` of ``total`` values are flagged for sure; up to ``error_bound · total`` more
+    may be (values the sketch or the category cap cannot place). ``rate`` is
+    ``count / total`` (NaN when undefined).
+    """
+
+    name: str
+    count: int
+    total: int
+    rate: float
+    error_bound: float = 0.0
+
+
+def _quality(name: str, count: int, total: int, unsure: int = 0) -> Quality:
+    if total == 0:
+        return Quality(name, 0, 0, math.nan)
+    return Quality(name, count, total, count / total, unsure / total)
+
+
+def out_of_range_rate(window: Summary, reference: Summary) -> Quality:
+    """Share of the window's finite values outside ``[reference.min, reference.max]``.
+
+    Exact with raw values; from the sketch otherwise, where buckets holding the reference's
+    min or max are undecided (``error_bound``).
+
+    >>> ref = Summary.from_values(np.arange(10.0))
+    >>> out_of_range_rate(Summary.from_values([-1.0, 5.0, 20.0, 3.0]), ref).rate
+    0.5
+    """
+    n = window.count
+    if reference.count == 0:
+        return _quality("out_of_range_rate", 0, 0)
+    lo, hi = reference.min, reference.max
+    if window.values is not None:
+        v = window.values
+        return _quality("out_of_range_rate", int(np.sum((v < lo) | (v > hi))), n)
+    first, last = min(reference.sketch), max(reference.sketch)
+    out = sum(c for i, c in window.sketch.items() if i < first or i > last)
+    edge = set()
+    if window.min < lo:
+        edge.add(first)
+    if window.max > hi:
+        edge.add(last)
+    unsure = sum(window.sketch.get(i, 0) for i in edge)
+    return _quality("out_of_range_rate", out, n, unsure)
+
+
+def unseen_categories(window: Summary, reference: Summary) -> Quality:
+    """Window strings whose category the reference never saw (count and share).
+
+    Categories the reference may hold past its cap, and the window's own ``other``, are
+    undecided (``error_bound``).
+
+    >>> ref = Summary.from_values(["a", "b"])
+    >>> q = unseen_categories(Summary.from_values(["a", "c", "c", "d"]), ref)
+    >>> q.count, q.rate
+    (3, 0.75)
+    """
+    unseen = unsure = 0
+    for category, c in window.categories.items():
+        if category in reference.categories:
+            continue
+        if reference.hides(category):
+            unsure += c
+        else:
+            unseen += c
+    return _quality("unseen_categories", unseen, window.text, unsure + window.other)
+
+
+def type_mismatch(window: Summary, reference: Summary) -> Quality:
+    """Window values of the other kind than the reference's (strings for a numeric feature,
+    numbers for a categorical one), out of the window's present values.
+
+    >>> ref = Summary.from_values([1.0, 2.0, 3.0])
+    >>> type_mismatch(Summary.from_values([1.0, "oops", None]), ref).rate
+    0.5
+    """
+    kind = reference.kind
+    if kind is None:
+        return _quality("type_mismatch", 0, 0)
+    count = window.text if kind == "numeric" else window.numeric
+    return _quality("type_mismatch", count, window.present)

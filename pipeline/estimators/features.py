@@ -1,0 +1,463 @@
+"""Input features of one window on one partition: mergeable summaries for drift and data quality.
+
+Each feature gets counts (present, numeric, non-finite, text), an exact sum and sum of
+squares, min/max, a sparse log-bucket sketch of its finite numeric values (DDSketch's
+bucketing), capped category counts and, while there are few, the raw finite values. Partials
+of the same window merge by plain summation (``min``/``max`` by min/max); the statistics that
+compare a window with a reference live in :mod:`pipeline.estimators.drift`.
+
+Bucketing (the same for every window and reference with the same relative accuracy ``α``):
+with ``γ = (1 + α) / (1 − α)`` and ``k = ceil(log_γ |x|)``, a value ``x > 0`` lies in
+``(γ^(k−1), γ^k]`` and gets index ``k + OFFSET``; ``x < 0`` gets ``−(k + OFFSET)``; ``0`` gets
+index 0. ``OFFSET`` makes every positive index ≥ 1 (down to the smallest subnormal), so the
+order of indices is the order of values. Any value of a bucket is within relative error ``α``
+of the bucket's representative ``2γ^k / (γ + 1)``.
+
+Vectors (1-d float arrays) become derived numeric features: ``<name>.norm`` (L2 norm),
+``<name>.mean`` (mean of the components) and ``<name>.rp<k>`` for ``k < projections``, the
+dot product with a fixed random unit vector drawn from
+``np.random.default_rng([PROJECTION_SEED, len(vector)])`` (row ``k`` of a standard normal
+``(projections, len)`` matrix, normalised), so it is the same in every process and run and
+``rp<k>`` does not depend on ``projections``. An empty vector has ``.norm`` 0 and no other
+derived value.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "OTHER",
+    "PROJECTION_SEED",
+    "Feature",
+    "FeatureWindow",
+    "bucket_bounds",
+    "bucket_index",
+    "cap_categories",
+    "category_key",
+]
+
+Feature = float | str | None | np.ndarray
+
+#: Key of the category counts that holds every value beyond the cap (reserved: a real
+#: category named ``"__other__"`` is counted there too).
+OTHER = "__other__"
+#: First word of the seed of the random projections of vector features.
+PROJECTION_SEED = 0x6D6F6E
+#: Sums are kept as integers in units of 2**-1126: every float64 is an integer multiple of
+#: that, so the sums are exact and do not depend on batching or merge order.
+_SUM_BITS = 1126
+_SPLIT = 26  # mantissas are summed as two int64 halves of at most 27 bits each
+
+
+def _gamma_log(relative_accuracy: float) -> float:
+    if not 0.0 < relative_accuracy < 1.0:
+        raise ValueError(f"relative_accuracy must be in (0, 1), got {relative_accuracy!r}")
+    return math.log((1.0 + relative_accuracy) / (1.0 - relative_accuracy))
+
+
+def _offset(log_gamma: float) -> int:
+    smallest = math.log(math.ulp(0.0))  # the smallest positive subnormal
+    return 1 - math.ceil(smallest / log_gamma)
+
+
+def bucket_index(x: np.ndarray, relative_accuracy: float) -> np.ndarray:
+    """Sketch bucket index (int64) of each finite value of ``x``; see the module docstring.
+
+    >>> bucket_index(np.array([-1.0, 0.0, 1.0, 1.02, 1.03]), 0.01).tolist()
+    [-37221, 0, 37221, 37222, 37223]
+    """
+    lg = _gamma_log(relative_accuracy)
+    x = np.asarray(x, dtype=np.float64)
+    mag = np.abs(x)
+    nonzero = mag > 0.0
+    k = np.zeros(x.shape, dtype=np.int64)
+    k[nonzero] = np.ceil(np.log(mag[nonzero]) / lg).astype(np.int64) + _offset(lg)
+    return np.where(x < 0.0, -k, k)
+
+
+def bucket_bounds(index: np.ndarray, relative_accuracy: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high)`` value bounds of each bucket index (both 0 for the zero bucket).
+
+    Positive buckets are ``(low, high]``, negative ones ``[low, high)``; ``high`` of the top
+    positive bucket may be ``inf``.
+
+    >>> low, high = bucket_bounds(np.array([37221]), 0.01)
+    >>> float(low[0]) < 1.0 <= float(high[0])
+    True
+    """
+    lg = _gamma_log(relative_accuracy)
+    index = np.asarray(index, dtype=np.int64)
+    k = (np.abs(index) - _offset(lg)).astype(np.float64)
+    with np.errstate(over="ignore"):
+        inner, outer = np.exp((k - 1.0) * lg), np.exp(k * lg)
+    low = np.where(index > 0, inner, np.where(index < 0, -outer, 0.0))
+    high = np.where(index > 0, outer, np.where(index < 0, -inner, 0.0))
+    return low, high
+
+
+def category_key(category: str) -> tuple[int, str]:
+    """Stable order of categories for the cap: CRC-32 of the UTF-8 bytes, then the string."""
+    return zlib.crc32(category.encode("utf-8", "surrogatepass")), category
+
+
+def cap_categories(counts: dict[str, int], cap: int) -> int:
+    """Keep the ``cap`` categories of smallest :func:`category_key` in ``counts``.
+
+    Removes the others from ``counts`` in place and returns their total count. Keeping the
+    smallest keys (not the first or most frequent categories) makes the kept set and its
+    counts exact under any batching and merge order: a category among the ``cap`` smallest
+    keys of all categories seen was among the smallest of every part that saw it.
+
+    >>> counts = {"a": 3, "b": 2, "c": 1}
+    >>> cap_categories(counts, 2), sorted(counts)
+    (3, ['b', 'c'])
+    """
+    if len(counts) <= cap:
+        return 0
+    dropped = sorted(counts, key=category_key)[cap:]
+    return sum(counts.pop(c) for c in dropped)
+
+
+def _exact_sum(x: np.ndarray) -> int:
+    """Exact sum of finite float64 values, as an integer in units of 2**-_SUM_BITS."""
+    if x.size == 0:
+        return 0
+    mantissa, exponent = np.frexp(x)
+    m = (mantissa * 2.0**53).astype(np.int64)  # exact: |m| < 2**53
+    high = m >> _SPLIT
+    low = m - (high << _SPLIT)
+    order = np.argsort(exponent, kind="stable")
+    e = exponent[order]
+    starts = np.flatnonzero(np.r_[True, e[1:] != e[:-1]])
+    highs = np.add.reduceat(high[order], starts).tolist()
+    lows = np.add.reduceat(low[order], starts).tolist()
+    total = 0
+    for ex, h, lo in zip(e[starts].tolist(), highs, lows, strict=True):
+        total += ((h << _SPLIT) + lo) << (ex - 53 + _SUM_BITS)
+    return total
+
+
+def _fixed_to_float(total: int) -> float:
+    try:
+        return total / (1 << _SUM_BITS)  # int / int is correctly rounded
+    except OverflowError:
+        return math.inf if total > 0 else -math.inf
+
+
+@lru_cache(maxsize=64)
+def _projection(length: int, projections: int) -> np.ndarray:
+    rng = np.random.default_rng([PROJECTION_SEED, length])
+    g = rng.standard_normal((projections, length))
+    g /= np.sqrt((g * g).sum(axis=1, keepdims=True))
+    g.flags.writeable = False
+    return g
+
+
+class _Stats:
+    """Summaries of one feature (the columns of one row, in mergeable form)."""
+
+    __slots__ = (
+        "categories",
+        "max",
+        "min",
+        "nonfinite",
+        "numeric",
+        "other",
+        "present",
+        "sketch",
+        "sq_fixed",
+        "sq_inf",
+        "sum_fixed",
+        "text",
+        "values",
+    )
+
+    def __init__(self) -> None:
+        self.present = 0
+        self.numeric = 0
+        self.nonfinite = 0
+        self.text = 0
+        self.sum_fixed = 0
+        self.sq_fixed = 0
+        self.sq_inf = False  # a square overflowed: sum_sq is inf
+        self.min = math.inf
+        self.max = -math.inf
+        self.sketch: dict[int, int] = {}
+        self.categories: dict[str, int] = {}
+        self.other = 0
+        self.values: list[float] | None = []
+
+    def add_numeric(self, x: np.ndarray, relative_accuracy: float, exact_max: int) -> None:
+        finite = x[np.isfinite(x)]
+        self.present += x.size
+        self.numeric += x.size
+        self.nonfinite += x.size - finite.size
+        if finite.size == 0:
+            return
+        self.sum_fixed += _exact_sum(finite)
+        with np.errstate(over="ignore"):
+            squares = finite * finite
+        fits = np.isfinite(squares)
+        self.sq_inf |= not bool(fits.all())
+        self.sq_fixed += _exact_sum(squares[fits])
+        self.min = min(self.min, float(finite.min()))
+        self.max = max(self.max, float(finite.max()))
+        index, count = np.unique(bucket_index(finite, relative_accuracy), return_counts=True)
+        for i, c in zip(index.tolist(), count.tolist(), strict=True):
+            self.sketch[i] = self.sketch.get(i, 0) + c
+        if self.values is not None:
+            self.values.extend(finite.tolist())
+            if len(self.values) > exact_max:
+                self.values = None
+
+    def add_text(self, values: list[str], max_categories: int) -> None:
+        self.present += len(values)
+        self.text += len(values)
+        self.add_categories(Counter(values), 0, max_categories)
+
+    def add_categories(self, counts: Mapping[str, int], other: int, cap: int) -> None:
+        self.other += other + counts.get(OTHER, 0)
+        for c, n in counts.items():
+            if c != OTHER:
+                self.categories[c] = self.categories.get(c, 0) + n
+        self.other += cap_categories(self.categories, cap)
+
+    def merge(self, o: _Stats, exact_max: int, max_categories: int) -> None:
+        self.present += o.present
+        self.numeric += o.numeric
+        self.nonfinite += o.nonfinite
+        self.text += o.text
+        self.sum_fixed += o.sum_fixed
+        self.sq_fixed += o.sq_fixed
+        self.sq_inf |= o.sq_inf
+        self.min = min(self.min, o.min)
+        self.max = max(self.max, o.max)
+        for i, c in o.sketch.items():
+            self.sketch[i] = self.sketch.get(i, 0) + c
+        self.add_categories(o.categories, o.other, max_categories)
+        if self.values is None or o.values is None:
+            self.values = None
+        elif len(self.values) + len(o.values) <= exact_max:
+            self.values = self.values + o.values
+        else:
+            self.values = None
+
+    def to_state(self) -> dict[str, Any]:
+        finite = self.numeric > self.nonfinite
+        return {
+            "present": self.present,
+            "numeric": self.numeric,
+            "nonfinite": self.nonfinite,
+            "text": self.text,
+            "sum": str(self.sum_fixed),  # exact integers beyond JSON's 64 bits
+            "sum_sq": str(self.sq_fixed),
+            "sq_inf": self.sq_inf,
+            "min": self.min if finite else None,  # JSON has no inf
+            "max": self.max if finite else None,
+            "sketch": sorted(self.sketch.items()),
+            "categories": sorted(self.categories.items()),
+            "other": self.other,
+            "values": self.values,
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> _Stats:
+        s = cls()
+        for name in ("present", "numeric", "nonfinite", "text", "other"):
+            setattr(s, name, int(state[name]))
+        s.sum_fixed = int(state["sum"])
+        s.sq_fixed = int(state["sum_sq"])
+        s.sq_inf = bool(state["sq_inf"])
+        s.min = math.inf if state["min"] is None else float(state["min"])
+        s.max = -math.inf if state["max"] is None else float(state["max"])
+        s.sketch = {int(i): int(c) for i, c in state["sketch"]}
+        s.categories = {str(k): int(c) for k, c in state["categories"]}
+        values = state["values"]
+        s.values = None if values is None else [float(v) for v in values]
+        return s
+
+    def row(self, feature: str) -> dict[str, Any]:
+        categories = dict(sorted(self.categories.items()))
+        if self.other:
+            categories[OTHER] = self.other
+        return {
+            "feature": feature,
+            "present": self.present,
+            "numeric": self.numeric,
+            "nonfinite": self.nonfinite,
+            "text": self.text,
+            "sum": _fixed_to_float(self.sum_fixed),
+            "sum_sq": math.inf if self.sq_inf else _fixed_to_float(self.sq_fixed),
+            "min": self.min,
+            "max": self.max,
+            "sketch": dict(sorted(self.sketch.items())),
+            "categories": categories,
+            "values": [] if self.values is None else sorted(self.values),
+        }
+
+
+class FeatureWindow:
+    """Mergeable summaries of every feature of one window on one partition.
+
+    Parameters
+    ----------
+    relative_accuracy
+        ``α`` of the sketch buckets (module docstring); every window and reference that are
+        compared must use the same value.
+    max_categories
+        Distinct string values kept per feature, those of smallest :func:`category_key`;
+        the others are counted under ``"__other__"``.
+    exact_max
+        The raw finite numeric values of a feature are kept while there are at most this
+        many (for exact statistics on small windows).
+    projections
+        Random projections per vector feature (``<name>.rp0`` ...).
+
+    Examples
+    --------
+    >>> w = FeatureWindow(max_categories=1)
+    >>> w.update([{"age": 31.0, "city": "Oslo"}, {"age": None, "city": "Rome"}, None])
+    >>> rows = {r["feature"]: r for r in w.rows()}
+    >>> rows["age"]["present"], rows["age"]["sum"], rows["age"]["values"]
+    (1, 31.0, [31.0])
+    >>> rows["city"]["text"], rows["city"]["categories"]
+    (2, {'Oslo': 1, '__other__': 1})
+    >>> other = FeatureWindow.from_state(w.to_state())
+    >>> other.merge(w)
+    >>> [r["present"] for r in other.rows()], other.events
+    ([2, 4], 6)
+    """
+
+    def __init__(
+        self,
+        relative_accuracy: float = 0.01,
+        max_categories: int = 100,
+        exact_max: int = 1000,
+        projections: int = 4,
+    ) -> None:
+        _gamma_log(relative_accuracy)
+        for name, value in (
+            ("max_categories", max_categories),
+            ("exact_max", exact_max),
+            ("projections", projections),
+        ):
+            if int(value) < 0:
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        self.relative_accuracy = float(relative_accuracy)
+        self.max_categories = int(max_categories)
+        self.exact_max = int(exact_max)
+        self.projections = int(projections)
+        #: Events folded in, with or without features (missing = events − present).
+        self.events = 0
+        self._stats: dict[str, _Stats] = {}
+
+    def _get(self, feature: str) -> _Stats:
+        stats = self._stats.get(feature)
+        if stats is None:
+            stats = self._stats[feature] = _Stats()
+        return stats
+
+    def update(self, features: Sequence[Mapping[str, Feature] | None]) -> None:
+        """Fold in a batch of events' feature mappings (``None``: the event had none)."""
+        numbers: dict[str, list[float]] = {}
+        texts: dict[str, list[str]] = {}
+        vectors: dict[tuple[str, int], list[np.ndarray]] = {}
+        for event in features:
+            if not event:
+                continue
+            for name, value in event.items():
+                if type(value) is float:  # the common case first: per-event work is the cost
+                    numbers.setdefault(name, []).append(value)
+                elif value is None:
+                    self._get(name)
+                elif isinstance(value, str):
+                    texts.setdefault(name, []).append(value)
+                elif isinstance(value, np.ndarray):
+                    vectors.setdefault((name, value.size), []).append(value)
+                else:
+                    numbers.setdefault(name, []).append(value)
+        self.events += len(features)
+        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in numbers.items()}
+        for (name, length), rows in vectors.items():
+            for derived, x in self._derive(name, length, rows):
+                arrays[derived] = np.concatenate([arrays[derived], x]) if derived in arrays else x
+        for name, x in arrays.items():
+            self._get(name).add_numeric(x, self.relative_accuracy, self.exact_max)
+        for name, t in texts.items():
+            self._get(name).add_text(t, self.max_categories)
+
+    def _derive(
+        self, name: str, length: int, rows: list[np.ndarray]
+    ) -> Iterable[tuple[str, np.ndarray]]:
+        """Derived numeric features of equal-length vectors.
+
+        Only row-wise reductions over the last axis (no BLAS), so a vector's derived values
+        do not depend on which other vectors share its batch.
+        """
+        m = np.stack(rows).astype(np.float64, copy=False)
+        yield f"{name}.norm", np.sqrt((m * m).sum(axis=1))
+        if length == 0:
+            return
+        yield f"{name}.mean", m.sum(axis=1) / length
+        for k, unit in enumerate(_projection(length, self.projections)):
+            yield f"{name}.rp{k}", (m * unit).sum(axis=1)
+
+    def update_column(self, feature: str, values: Iterable[Feature]) -> None:
+        """Fold in one feature's values of many events (e.g. a column of a reference file)."""
+        if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
+            self.events += values.size
+            x = values.astype(np.float64, copy=False).ravel()
+            self._get(feature).add_numeric(x, self.relative_accuracy, self.exact_max)
+        else:
+            self.update([{feature: v} for v in values])
+
+    def merge(self, other: FeatureWindow) -> None:
+        """Add ``other``'s summaries (same ``relative_accuracy``) to this one."""
+        if other.relative_accuracy != self.relative_accuracy:
+            raise ValueError(
+                f"relative_accuracy differs: {self.relative_accuracy} vs {other.relative_accuracy}"
+            )
+        self.events += other.events
+        for name, stats in other._stats.items():
+            self._get(name).merge(stats, self.exact_max, self.max_categories)
+
+    def to_state(self) -> dict[str, Any]:
+        """A JSON-serialisable state (exact sums as decimal strings, no inf or NaN)."""
+        return {
+            "relative_accuracy": self.relative_accuracy,
+            "max_categories": self.max_categories,
+            "exact_max": self.exact_max,
+            "projections": self.projections,
+            "events": self.events,
+            "features": {k: s.to_state() for k, s in sorted(self._stats.items())},
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any]) -> FeatureWindow:
+        """Rebuild an accumulator from :meth:`to_state` output (after a JSON round trip)."""
+        w = cls(
+            relative_accuracy=float(state["relative_accuracy"]),
+            max_categories=int(state["max_categories"]),
+            exact_max=int(state["exact_max"]),
+            projections=int(state["projections"]),
+        )
+        w.events = int(state["events"])
+        w._stats = {str(k): _Stats.from_state(s) for k, s in state["features"].items()}
+        return w
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per feature seen (sorted by name), without key columns.
+
+        ``min``/``max`` are ``inf``/``-inf`` when the feature has no finite numeric value;
+        ``sum``/``sum_sq`` are the correctly rounded exact sums (``sum_sq`` is ``inf`` if a
+        square overflowed); ``values`` are sorted, empty once past ``exact_max``.
+        """
+        return [s.row(name) for name, s in sorted(self._stats.items())]

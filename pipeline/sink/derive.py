@@ -1,0 +1,237 @@
+"""Drift and data-quality rows, derived from the feature summaries stored in ClickHouse.
+
+Feature summaries of a window arrive as partial rows, one per source partition. Whenever a
+batch brings new partials for some windows, the sink reads every partial of those windows
+(and of their references) back, merges them, compares each feature with its reference and
+writes one ``drift`` row per (feature, method) and one ``data_quality`` row per feature.
+A derived row's ``version`` is the sum of the versions of the partials it was computed from:
+it only grows as partials are completed, so the row computed from the complete window wins,
+whichever sink computed it and in whatever order partials arrived.
+
+The reference of a feature is the uploaded profile ``drift_profile`` of the model and
+version when it has that feature, else the ``drift_previous_windows`` windows before the
+window (same model, version and segment) — never the window itself. A newly uploaded profile
+re-derives every stored window of its model and version; the new rows replace the old ones
+(same key and version: the last inserted wins).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pipeline.estimators.drift import (
+    METHODS,
+    Summary,
+    compare,
+    decide,
+    out_of_range_rate,
+    type_mismatch,
+    unseen_categories,
+)
+from pipeline.settings import Settings
+from pipeline.sink.clickhouse import ClickHouseSink
+
+Row = dict[str, Any]
+SUMMARY_COLUMNS = (
+    "feature, present, numeric, nonfinite, text, sum, sum_sq, min, max, sketch, categories, values"
+)
+
+
+class Deriver:
+    """Computes drift and data-quality rows for windows whose feature partials changed."""
+
+    def __init__(self, sink: ClickHouseSink, settings: Settings) -> None:
+        self.sink = sink
+        self.settings = settings
+        self.window_ms = settings.window_seconds * 1000
+        # Effect sizes not chosen to decide are reported without a threshold.
+        self.thresholds: dict[str, float | None] = {
+            m.name: None
+            for m in METHODS.values()
+            if m.kind == "effect" and m.name not in settings.drift_deciders
+        }
+
+    def derive(self, feature_rows: Iterable[Row]) -> dict[str, list[Row]]:
+        """Rows for the ``drift`` and ``data_quality`` tables of every window named in
+        ``feature_rows`` (partials just inserted)."""
+        changed: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
+        for r in feature_rows:
+            changed[(r["model"], r["model_version"])].add((r["segment"], r["window_start"]))
+        out: dict[str, list[Row]] = {"drift": [], "data_quality": []}
+        for (model, version), windows in changed.items():
+            for table, rows in self._model(model, version, windows).items():
+                out[table].extend(rows)
+        return out
+
+    def rederive(self, models: Iterable[tuple[str, str]]) -> dict[str, list[Row]]:
+        """Rows for every stored window of these (model, model_version): after a new reference
+        profile, whose results replace those computed against the old reference."""
+        out: dict[str, list[Row]] = {"drift": [], "data_quality": []}
+        for model, version in set(models):
+            _, stored = self.sink.query(
+                "SELECT DISTINCT segment, toUnixTimestamp64Milli(window_start) "
+                "FROM feature_partials WHERE model = {model:String} "
+                "AND model_version = {version:String}",
+                {"model": model, "version": version},
+            )
+            if stored:
+                for table, rows in self._model(model, version, set(stored)).items():
+                    out[table].extend(rows)
+        return out
+
+    def _model(
+        self, model: str, version: str, windows: set[tuple[str, int]]
+    ) -> dict[str, list[Row]]:
+        lo = min(ws for _, ws in windows) - self.settings.drift_previous_windows * self.window_ms
+        hi = max(ws for _, ws in windows)
+        params = {"model": model, "version": version, "lo": lo, "hi": hi}
+        partials = self._rows(
+            f"SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, partition, version, "
+            f"{SUMMARY_COLUMNS} FROM feature_partials FINAL WHERE model = {{model:String}} "
+            "AND model_version = {version:String} AND window_start "
+            "BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+            "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
+            params,
+        )
+        by_window: dict[tuple[str, int], list[Row]] = defaultdict(list)
+        for r in partials:
+            by_window[(r["segment"], r["ws"])].append(r)
+        events = {
+            (r["segment"], r["ws"]): r["events"]
+            for r in self._rows(
+                "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, "
+                "sum(predictions) AS events FROM quality_partials FINAL "
+                "WHERE model = {model:String} AND model_version = {version:String} "
+                "AND window_start BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+                "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC') GROUP BY segment, ws",
+                params,
+            )
+        }
+        profile = self._profile(model, version)
+        out: dict[str, list[Row]] = {"drift": [], "data_quality": []}
+        for segment, ws in sorted(windows):
+            rows = by_window.get((segment, ws), [])
+            if not rows:
+                continue
+            previous = [
+                r
+                for k in range(1, self.settings.drift_previous_windows + 1)
+                for r in by_window.get((segment, ws - k * self.window_ms), [])
+            ]
+            key = {
+                "model": model,
+                "model_version": version,
+                "segment": segment,
+                "window_start": ws,
+                "window_end": ws + self.window_ms,
+                "version": sum({r["partition"]: r["version"] for r in rows}.values()),
+            }
+            drift, quality = self._window(rows, previous, profile, events.get((segment, ws), 0))
+            out["drift"] += [key | r for r in drift]
+            out["data_quality"] += [key | r for r in quality]
+        return out
+
+    def _window(
+        self, rows: list[Row], previous: list[Row], profile: Mapping[str, Summary], events: int
+    ) -> tuple[list[Row], list[Row]]:
+        window = _summaries(rows)
+        rolling = _summaries(previous)
+        references: dict[str, tuple[str, Summary]] = {}
+        for feature in window:
+            if feature in profile:
+                references[feature] = (f"profile:{self.settings.drift_profile}", profile[feature])
+            elif feature in rolling:
+                references[feature] = (
+                    f"previous:{self.settings.drift_previous_windows}",
+                    rolling[feature],
+                )
+        results = {f: compare(window[f], ref) for f, (_, ref) in references.items()}
+        decisions = decide(
+            results,
+            correction=self.settings.drift_correction,  # type: ignore[arg-type]
+            min_count=self.settings.drift_min_count,
+            thresholds=self.thresholds,
+        )
+        drift = []
+        for feature, by_method in results.items():
+            name, ref = references[feature]
+            decision = decisions[feature]
+            for method, result in by_method.items():
+                drift.append(
+                    {
+                        "feature": feature,
+                        "reference": name,
+                        "method": method,
+                        "statistic": _finite(result.statistic),
+                        "p_value": _finite(result.p_value),
+                        "p_adjusted": _finite(decision.adjusted.get(method)),
+                        "threshold": self._threshold(method),
+                        "drifted": int(method in decision.flagged),
+                        "window_count": result.n_window,
+                        "reference_count": result.n_reference,
+                    }
+                )
+            drift.append(
+                {
+                    "feature": feature,
+                    "reference": name,
+                    "method": "decision",
+                    "statistic": None,
+                    "p_value": None,
+                    "p_adjusted": None,
+                    "threshold": 0.0,
+                    "drifted": int(decision.drifted),
+                    "window_count": decision.count,
+                    "reference_count": ref.count,
+                }
+            )
+        quality = []
+        for feature, summary in window.items():
+            ref = references.get(feature, (None, None))[1]
+            present = summary.present
+            quality.append(
+                {
+                    "feature": feature,
+                    "events": max(events, present),
+                    "present": present,
+                    "missing_rate": 1.0 - present / events if events > present else 0.0,
+                    "nonfinite": summary.nonfinite,
+                    "type_mismatch": type_mismatch(summary, ref).count if ref else 0,
+                    "out_of_range_rate": _finite(out_of_range_rate(summary, ref).rate)
+                    if ref
+                    else None,
+                    "unseen_categories": unseen_categories(summary, ref).count if ref else 0,
+                }
+            )
+        return drift, quality
+
+    def _threshold(self, method: str) -> float | None:
+        """The method's threshold; None when it does not decide."""
+        return self.thresholds.get(method, METHODS[method].threshold)
+
+    def _profile(self, model: str, version: str) -> dict[str, Summary]:
+        rows = self._rows(
+            f"SELECT {SUMMARY_COLUMNS} FROM reference_profiles FINAL "
+            "WHERE model = {model:String} AND model_version = {version:String} "
+            "AND name = {name:String}",
+            {"model": model, "version": version, "name": self.settings.drift_profile},
+        )
+        return _summaries(rows)
+
+    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        columns, rows = self.sink.query(sql, params)
+        return [dict(zip(columns, r, strict=True)) for r in rows]
+
+
+def _summaries(rows: Iterable[Row]) -> dict[str, Summary]:
+    by_feature: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        by_feature[r["feature"]].append(r)
+    return {f: Summary.from_rows(rs) for f, rs in by_feature.items()}
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
