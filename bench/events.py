@@ -31,7 +31,7 @@ from schemas.topics import Topics, partition_for
 MODELS: dict[str, list[str]] = {  # model -> classes
     "fraud": ["0", "1"],
     "churn": ["0", "1"],
-    "intent": ["browse", "buy", "support", "cancel"],
+    "intent": ["0", "1", "2", "3"],
 }
 TASKS = {"fraud": "binary", "churn": "binary", "intent": "multiclass"}
 SEGMENTS = ["eu", "us", "apac"]

@@ -52,6 +52,9 @@ def worker_settings(
         "window_seconds": str(window_s),
         "lateness_seconds": "2",
         "label_ttl_seconds": str(window_s),
+        # rows of many windows x features leave the worker in one flush: room for big
+        # metrics messages (the producer's request limit follows this setting)
+        "max_message_bytes": str(8 * 1_048_576),
         **EMBEDDED_WORKER_FLAGS,
         **{k: str(v) for k, v in extra.items()},
     }

@@ -17,6 +17,8 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -97,10 +99,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peer-max-windows", type=int, default=30)
     ap.add_argument("--paced-seconds", type=float, default=30.0)
     ap.add_argument("--workdir", default=None, help="keep logs and databases here")
+    ap.add_argument("--bootstrap-servers", default=None,
+                    help="use this (empty) Kafka-protocol broker instead of starting Tansu")
     a = ap.parse_args(argv)
     scales = [1] if a.tiny else [int(s) for s in a.scales.split(",")]
     n1 = 3000 if a.tiny else a.events
-    paced_s = 8.0 if a.tiny else a.paced_seconds
+    paced_s = 5.0 if a.tiny else a.paced_seconds
+    if a.tiny:
+        mm.READY_SECONDS = 5.0
+    run = uuid.uuid4().hex[:6]  # topic names of this run, so a shared broker is fine
     root = Path(a.workdir or tempfile.mkdtemp(prefix="modelmon-bench-")).resolve()
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -113,12 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     def step(msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    with EmbeddedBroker() as broker:
-        bs = broker.bootstrap_servers
+    broker: Any = nullcontext() if a.bootstrap_servers else EmbeddedBroker()
+    with broker:
+        bs = a.bootstrap_servers or broker.bootstrap_servers
         step(f"broker on {bs}; work dir {root}")
         for i, scale in enumerate(scales):
             spec = EventSetSpec(events=n1 * scale, seed=scale)
-            env = Topics(f"x{scale}.env.")
+            env = Topics(f"b{run}x{scale}.env.")
             mm.create_topics(bs, env.prefix, PARTITIONS)
             messages = list(envelope_messages(from_spec(spec), env, PARTITIONS))
             total_msgs = len(messages)
@@ -139,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             windows = mm.quality_windows(m["dsn"])
             results["modelmon_seconds_per_window"] = m["seconds"] / max(1, len(windows))
             # --- single-event messages: baseline, bare Faust, modelmon ---
-            single = Topics(f"x{scale}.single.")
+            single = Topics(f"b{run}x{scale}.single.")
             mm.create_topics(bs, single.prefix, PARTITIONS)
             produced = asyncio.run(produce(bs, single_messages(from_spec(spec), single,
                                                                PARTITIONS)))
@@ -150,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                       str(WINDOW_S * 1000), "--datadir", str(root / "faust")]
             base, rss, _ = run_measured(
                 [py, "-m", "bench.baseline_faust", *common, "--mode", "river", "--app-id",
-                 "bench-river", "--out", str(root / "baseline.json")],
+                 f"b{run}-river", "--out", str(root / "baseline.json")],
                 str(root / "baseline.json"), 1800, log)
             base.update(peak_rss_mib=rss, events_per_s=base["events"] / base["seconds"])
             results["baseline"] = {k: v for k, v in base.items() if k != "windows"}
@@ -159,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                  f"{results['correct']['summary']}; bare Faust decode-only")
             bare, rss, _ = run_measured(
                 [py, "-m", "bench.baseline_faust", *common, "--mode", "decode", "--app-id",
-                 "bench-decode", "--out", str(root / "bare.json")],
+                 f"b{run}-decode", "--out", str(root / "bare.json")],
                 str(root / "bare.json"), 1800, log)
             raw1, _, _ = run_measured(
                 [py, "-m", "bench.raw_limit", "--bootstrap", bs, "--topics",
@@ -190,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 results["peer"] = peer
             rate = m["events_per_s"] / 2
             step(f"paced run at {rate:,.0f} events/s for {paced_s:.0f} s")
-            results["paced"] = mm.run_paced(bs, "paced.", PARTITIONS, root / "paced", WINDOW_S,
+            results["paced"] = mm.run_paced(bs, f"b{run}paced.", PARTITIONS, root / "paced", WINDOW_S,
                                             rate, paced_s)
     results["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     text = table(results)

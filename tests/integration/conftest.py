@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.app import all_topics
 from pipeline.embedded import EMBEDDED_WORKER_FLAGS, EmbeddedBroker, run_worker_until_idle
@@ -56,6 +57,21 @@ class Deployment:
         return run_worker_until_idle(
             self.settings(**overrides), timeout, str(self.root / "worker.log")
         )
+
+    async def committed(self, *names: str) -> dict[tuple[str, int], int | None]:
+        """The worker group's committed offset of each partition of the named topics."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers, group_id=self.group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            return {
+                (name, p): await consumer.committed(TopicPartition(self.prefix + name, p))
+                for name in names
+                for p in range(self.partitions)
+            }
+        finally:
+            await consumer.stop()
 
     def query(self, sql: str) -> list[dict[str, Any]]:
         out = subprocess.run(
