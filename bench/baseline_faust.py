@@ -76,8 +76,13 @@ def build(a: argparse.Namespace) -> faust.App:
             }
             for k, v in sorted(windows.items())
         ]
-        out = {"messages": state["n"], "events": state["events"], "seconds": span,
-               "windows": rows, "drifts": drifts}
+        out = {
+            "messages": state["n"],
+            "events": state["events"],
+            "seconds": span,
+            "windows": rows,
+            "drifts": drifts,
+        }
         with open(a.out, "wb") as f:
             f.write(orjson.dumps(out))
         os.kill(os.getpid(), signal.SIGTERM)
@@ -97,8 +102,12 @@ def build(a: argparse.Namespace) -> faust.App:
                 if event.message.topic == a.predictions:
                     seg = ",".join(f"{k}={v}" for k, v in sorted(obj.get("segment", {}).items()))
                     ts_ms = round(obj["ts"] * 1000)
-                    key = (obj["model"], obj.get("model_version", ""), seg,
-                           ts_ms - ts_ms % window_ms)
+                    key = (
+                        obj["model"],
+                        obj.get("model_version", ""),
+                        seg,
+                        ts_ms - ts_ms % window_ms,
+                    )
                     y_pred = str(obj["prediction"])
                     y_true = labels.pop(eid, None)
                     if y_true is None:

@@ -10,7 +10,6 @@ from typing import Any
 import orjson
 
 
-
 def emit(result: dict[str, Any], path: str) -> None:
     """A measurement process's last word: its result, as JSON in ``path`` (Faust workers
     take over stdout, so results go to a file)."""

@@ -62,16 +62,29 @@ def worker_settings(
 
 def query(dsn: str, sql: str) -> list[dict[str, Any]]:
     out = subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", "--log-level=WARNING", "query", "--format=json",
-         f"--clickhouse-dsn={dsn}", sql],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "--log-level=WARNING",
+            "query",
+            "--format=json",
+            f"--clickhouse-dsn={dsn}",
+            sql,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     return orjson.loads(out.stdout)
 
 
 def partial_tables(dsn: str) -> list[str]:
-    rows = query(dsn, f"SELECT name FROM system.tables WHERE database = '{DB}' "
-                      "AND name LIKE '%\\_partials' ORDER BY name")
+    rows = query(
+        dsn,
+        f"SELECT name FROM system.tables WHERE database = '{DB}' "
+        "AND name LIKE '%\\_partials' ORDER BY name",
+    )
     return [r["name"] for r in rows]
 
 
@@ -79,8 +92,11 @@ def last_insert_ms(dsn: str) -> tuple[int, dict[str, int]]:
     """The latest ``inserted_at`` over every partial table, and the row count of each."""
     latest, counts = 0, {}
     for t in partial_tables(dsn):
-        r = query(dsn, f"SELECT toUnixTimestamp64Milli(max(inserted_at)) AS t, count() AS n "
-                       f"FROM {DB}.{t} FINAL")[0]
+        r = query(
+            dsn,
+            f"SELECT toUnixTimestamp64Milli(max(inserted_at)) AS t, count() AS n "
+            f"FROM {DB}.{t} FINAL",
+        )[0]
         counts[t] = int(r["n"])
         if counts[t]:
             latest = max(latest, int(r["t"]))
@@ -90,9 +106,8 @@ def last_insert_ms(dsn: str) -> tuple[int, dict[str, int]]:
 def compute_line(log_path: Path) -> dict[str, float]:
     """The worker's own ``compute:`` throughput line (events read, span of input)."""
     text = log_path.read_text(errors="replace") if log_path.exists() else ""
-    m = None
-    for m in re.finditer(r"compute: (\d+) events in ([\d.]+)s of input", text):
-        pass
+    matches = list(re.finditer(r"compute: (\d+) events in ([\d.]+)s of input", text))
+    m = matches[-1] if matches else None
     if m is None:
         return {}
     events, span = int(m.group(1)), float(m.group(2))
@@ -133,12 +148,17 @@ def run_e2e(
     dsn = settings["clickhouse_dsn"]
     last_ms, counts = last_insert_ms(dsn)
     out: dict[str, Any] = {
-        "dsn": dsn, "peak_rss_mib": rss, "tables": counts, "compute": compute_line(log_path),
+        "dsn": dsn,
+        "peak_rss_mib": rss,
+        "tables": counts,
+        "compute": compute_line(log_path),
     }
     if produced:
         span = last_ms / 1000.0 - produced["started"]
         out.update(
-            events=produced["events"], messages=produced["messages"], seconds=span,
+            events=produced["events"],
+            messages=produced["messages"],
+            seconds=span,
             produce_seconds=produced["ended"] - produced["started"],
             events_per_s=produced["events"] / span,
         )
@@ -158,7 +178,12 @@ def quality_windows(dsn: str) -> list[dict[str, Any]]:
 
 
 async def _paced_produce(
-    bootstrap: str, topics: Topics, partitions: int, rate: float, seconds: float, window_ms: int,
+    bootstrap: str,
+    topics: Topics,
+    partitions: int,
+    rate: float,
+    seconds: float,
+    window_ms: int,
     seed: int,
 ) -> list[tuple[str, tuple[Any, ...], int]]:
     """Send predictions at ``rate`` events/s (predictions + labels) in real time with ``ts`` =
@@ -168,8 +193,14 @@ async def _paced_produce(
 
     pool = [e for k, e in generate(5000, seed=seed) if k == "prediction"]
     rng = np.random.default_rng(seed)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, enable_idempotence=False, acks="all",
-                                linger_ms=5, max_batch_size=1_048_576, max_request_size=2_097_152)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        enable_idempotence=False,
+        acks="all",
+        linger_ms=5,
+        max_batch_size=1_048_576,
+        max_request_size=2_097_152,
+    )
     await producer.start()
     sent: list[tuple[str, tuple[Any, ...], int]] = []
     labels: list[tuple[float, dict[str, Any], tuple[Any, ...]]] = []
@@ -190,14 +221,18 @@ async def _paced_produce(
                 ts_ms = int(now * 1000)
                 part = partition_for(eid, partitions)
                 ev = {**src, "event_id": eid, "ts": ts_ms / 1000.0}
-                key = (src["model"], "region=" + src["segment"]["region"],
-                       ts_ms - ts_ms % window_ms, part)
+                key = (
+                    src["model"],
+                    "region=" + src["segment"]["region"],
+                    ts_ms - ts_ms % window_ms,
+                    part,
+                )
                 batches.setdefault(("prediction", part), []).append(ev)
                 sent.append(("prediction", key, ts_ms))
-                truth = src["prediction"] if rng.random() < 0.7 else next(
-                    iter(src["probabilities"]))
-                labels.append((now + rng.uniform(0.2, 1.0), {"event_id": eid, "label": truth},
-                               key))
+                truth = (
+                    src["prediction"] if rng.random() < 0.7 else next(iter(src["probabilities"]))
+                )
+                labels.append((now + rng.uniform(0.2, 1.0), {"event_id": eid, "label": truth}, key))
             due = [x for x in labels if x[0] <= now]
             labels = [x for x in labels if x[0] > now]
             for _, lab, key in due:
@@ -205,14 +240,18 @@ async def _paced_produce(
                 batches.setdefault(("label", key[3]), []).append({**lab, "ts": ts_ms / 1000.0})
                 sent.append(("label", key, ts_ms))
             for (kind, part), evs in batches.items():
-                await producer.send(topics.for_kind(kind), encode_envelope(kind, evs),
-                                    partition=part)
+                await producer.send(
+                    topics.for_kind(kind), encode_envelope(kind, evs), partition=part
+                )
             await asyncio.sleep(max(0.0, tick - (time.time() - now)))
         for when, lab, key in sorted(labels, key=lambda x: x[0]):
             await asyncio.sleep(max(0.0, when - time.time()))
             ts_ms = int(time.time() * 1000)
-            await producer.send(topics.for_kind("label"), encode_envelope(
-                "label", [{**lab, "ts": ts_ms / 1000.0}]), partition=key[3])
+            await producer.send(
+                topics.for_kind("label"),
+                encode_envelope("label", [{**lab, "ts": ts_ms / 1000.0}]),
+                partition=key[3],
+            )
             sent.append(("label", key, ts_ms))
         await producer.flush()
     finally:
@@ -226,8 +265,12 @@ async def _row_versions(bootstrap: str, topic: str) -> list[tuple[int, dict[str,
 
     from schemas.rows import decode_rows
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
     await consumer.start()
     out: list[tuple[int, dict[str, Any]]] = []
     try:
@@ -249,8 +292,14 @@ async def _row_versions(bootstrap: str, topic: str) -> list[tuple[int, dict[str,
 
 
 def run_paced(
-    bootstrap: str, prefix: str, partitions: int, root: Path, window_s: int, rate: float,
-    seconds: float, seed: int = 7,
+    bootstrap: str,
+    prefix: str,
+    partitions: int,
+    root: Path,
+    window_s: int,
+    rate: float,
+    seconds: float,
+    seed: int = 7,
 ) -> dict[str, Any]:
     """Event-to-row latency at ``rate`` events/s: for each event, the first row version on the
     metrics topic that counts it (predictions, or labelled for a label) gives when it was
@@ -261,8 +310,11 @@ def run_paced(
     proc = start_worker(settings, root / "worker.log")
     try:
         time.sleep(READY_SECONDS)
-        sent = asyncio.run(_paced_produce(bootstrap, Topics(prefix), partitions, rate, seconds,
-                                          window_s * 1000, seed))
+        sent = asyncio.run(
+            _paced_produce(
+                bootstrap, Topics(prefix), partitions, rate, seconds, window_s * 1000, seed
+            )
+        )
         code, rss = wait_measured(proc, 600)
     finally:
         if proc.returncode is None:
@@ -271,14 +323,18 @@ def run_paced(
         raise RuntimeError(f"paced worker exited with {code}")
     dsn = settings["clickhouse_dsn"]
     versions = asyncio.run(_row_versions(bootstrap, Topics(prefix).metrics))
-    final = query(dsn, "SELECT model, segment, toUnixTimestamp64Milli(window_start) AS ws, "
-                       "partition, version, toUnixTimestamp64Milli(inserted_at) AS ins "
-                       "FROM quality_partials FINAL")
+    final = query(
+        dsn,
+        "SELECT model, segment, toUnixTimestamp64Milli(window_start) AS ws, "
+        "partition, version, toUnixTimestamp64Milli(inserted_at) AS ins "
+        "FROM quality_partials FINAL",
+    )
     by_key: dict[tuple[Any, ...], list[tuple[int, int, int, int]]] = {}
     for ts, row in versions:
         key = (row["model"], row["segment"], int(row["window_start"]), int(row["partition"]))
         by_key.setdefault(key, []).append(
-            (ts, int(row["predictions"]), int(row["labelled"]), int(row["version"])))
+            (ts, int(row["predictions"]), int(row["labelled"]), int(row["version"]))
+        )
     emitted_final = {k: {v[3]: v[0] for v in vs} for k, vs in by_key.items()}
     sink_lag = {}
     for r in final:
@@ -299,14 +355,19 @@ def run_paced(
             continue
         emit_lat.append(t - ts_ms)
         row_lat.append(t - ts_ms + sink_lag.get(key, lag_default))
-    pct = (lambda xs, q: float(np.percentile(xs, q)) / 1000.0 if xs else float("nan"))
+
+    def pct(xs: list[Any], q: float) -> float:
+        return float(np.percentile(xs, q)) / 1000.0 if xs else float("nan")
+
     return {
         "rate_events_per_s": rate,
         "events": len(sent),
         "seconds": seconds,
         "uncounted_events": missing,
-        "emit_p50_s": pct(emit_lat, 50), "emit_p99_s": pct(emit_lat, 99),
-        "row_p50_s": pct(row_lat, 50), "row_p99_s": pct(row_lat, 99),
+        "emit_p50_s": pct(emit_lat, 50),
+        "emit_p99_s": pct(emit_lat, 99),
+        "row_p50_s": pct(row_lat, 50),
+        "row_p99_s": pct(row_lat, 99),
         "sink_lag_p50_s": pct(list(sink_lag.values()), 50),
         "sink_lag_p99_s": pct(list(sink_lag.values()), 99),
         "peak_rss_mib": rss,

@@ -74,7 +74,7 @@ def main() -> None:
         cols = ["target", "prediction", *numeric, *categorical, *probas]
         definition = DataDefinition(
             numerical_columns=numeric + probas,
-            categorical_columns=categorical + ["target", "prediction"],
+            categorical_columns=[*categorical, "target", "prediction"],
             classification=[task],
         )
         return Dataset.from_pandas(g[cols].reset_index(drop=True), data_definition=definition)
@@ -109,7 +109,7 @@ def main() -> None:
         "timed_windows": len(timed),
         "seconds_per_window": per_window,
         "seconds_total_estimate": per_window * len(keys),
-        "events": int(len(df)),
+        "events": len(df),
         "rows": rows,
     }
     with open(a.out, "w") as f:

@@ -23,59 +23,81 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
         out.append(("modelmon >= 20 x per-event baseline", f"{ratio:.1f} x", ratio >= 20))
     if "peer" in r and r["peer"].get("seconds_per_window"):
         ratio = r["peer"]["seconds_per_window"] / r["modelmon_seconds_per_window"]
-        out.append(("faster than the batch peer per window", f"{ratio:.0f} x faster",
-                    ratio > 1))
+        out.append(("faster than the batch peer per window", f"{ratio:.0f} x faster", ratio > 1))
     if len(r["scales"]) > 1:
         lo, hi = r["scales"][0], r["scales"][-1]
         growth = hi["modelmon"]["peak_rss_mib"] / lo["modelmon"]["peak_rss_mib"] - 1
-        out.append((f"peak RSS flat (<= 10 %) {lo['scale']}x -> {hi['scale']}x",
-                    f"{growth * 100:+.1f} %", growth <= 0.10))
+        out.append(
+            (
+                f"peak RSS flat (<= 10 %) {lo['scale']}x -> {hi['scale']}x",
+                f"{growth * 100:+.1f} %",
+                growth <= 0.10,
+            )
+        )
     if "paced" in r:
         p = r["paced"]
         bound = r["window_seconds"] + 2
-        out.append((f"p99 event-to-row <= window + 2 s ({bound} s) at half max",
-                    f"{p['row_p99_s']:.2f} s", p["row_p99_s"] <= bound))
+        out.append(
+            (
+                f"p99 event-to-row <= window + 2 s ({bound} s) at half max",
+                f"{p['row_p99_s']:.2f} s",
+                p["row_p99_s"] <= bound,
+            )
+        )
     if "single" in r:
         ratio = r["single"]["modelmon_events_per_s"] / r["single"]["bare_faust_events_per_s"]
-        out.append(("single-event msgs >= 0.8 x bare Faust decode", f"{ratio:.2f} x",
-                    ratio >= 0.8))
+        out.append(("single-event msgs >= 0.8 x bare Faust decode", f"{ratio:.2f} x", ratio >= 0.8))
     if "correct" in r:
-        out.append(("modelmon rows == baseline numbers", r["correct"]["summary"],
-                    r["correct"]["ok"]))
+        out.append(
+            ("modelmon rows == baseline numbers", r["correct"]["summary"], r["correct"]["ok"])
+        )
     return out
 
 
 def table(r: dict[str, Any]) -> str:
     lines = []
     w = 44
-    lines.append(f"{'measurement':<{w}} {'events':>10} {'events/s':>11} {'peak RSS':>9} "
-                 f"{'us/event':>9}")
+    lines.append(
+        f"{'measurement':<{w}} {'events':>10} {'events/s':>11} {'peak RSS':>9} {'us/event':>9}"
+    )
     for s in r["scales"]:
         tag = f"[{s['scale']}x]"
-        for name, m in (("1 raw getmany + orjson (envelopes)", s["raw"]),
-                        ("3 modelmon end to end (envelopes)", s["modelmon"])):
+        for name, m in (
+            ("1 raw getmany + orjson (envelopes)", s["raw"]),
+            ("3 modelmon end to end (envelopes)", s["modelmon"]),
+        ):
             eps = m["events_per_s"]
-            lines.append(f"{tag + ' ' + name:<{w}} {_f(m['events']):>10} {_f(eps):>11} "
-                         f"{_f(m['peak_rss_mib'], '{:,.0f} MiB'):>9} "
-                         f"{_f(1e6 / eps if eps else None, '{:.2f}'):>9}")
+            lines.append(
+                f"{tag + ' ' + name:<{w}} {_f(m['events']):>10} {_f(eps):>11} "
+                f"{_f(m['peak_rss_mib'], '{:,.0f} MiB'):>9} "
+                f"{_f(1e6 / eps if eps else None, '{:.2f}'):>9}"
+            )
     for key, name in (("baseline", "2 Faust + River per event (single msgs)"),):
         if key in r:
             m = r[key]
-            lines.append(f"{'[1x] ' + name:<{w}} {_f(m['events']):>10} {_f(m['events_per_s']):>11}"
-                         f" {_f(m['peak_rss_mib'], '{:,.0f} MiB'):>9} "
-                         f"{_f(1e6 / m['events_per_s'], '{:.2f}'):>9}")
+            lines.append(
+                f"{'[1x] ' + name:<{w}} {_f(m['events']):>10} {_f(m['events_per_s']):>11}"
+                f" {_f(m['peak_rss_mib'], '{:,.0f} MiB'):>9} "
+                f"{_f(1e6 / m['events_per_s'], '{:.2f}'):>9}"
+            )
     if "peer" in r:
         p = r["peer"]
-        lines.append(f"{'[1x] 4 Evidently ' + p.get('evidently', '?') + ' per window':<{w}} "
-                     f"{_f(p.get('events')):>10} {'-':>11} {_f(p['peak_rss_mib'], '{:,.0f} MiB'):>9}"
-                     f"   {p['seconds_per_window'] * 1000:,.0f} ms/window x {p['windows']} windows")
-        lines.append(f"{'[1x]   modelmon per window (e2e / windows)':<{w}} {'':>10} {'':>11} "
-                     f"{'':>9}   {r['modelmon_seconds_per_window'] * 1000:,.1f} ms/window")
+        lines.append(
+            f"{'[1x] 4 Evidently ' + p.get('evidently', '?') + ' per window':<{w}} "
+            f"{_f(p.get('events')):>10} {'-':>11} {_f(p['peak_rss_mib'], '{:,.0f} MiB'):>9}"
+            f"   {p['seconds_per_window'] * 1000:,.0f} ms/window x {p['windows']} windows"
+        )
+        lines.append(
+            f"{'[1x]   modelmon per window (e2e / windows)':<{w}} {'':>10} {'':>11} "
+            f"{'':>9}   {r['modelmon_seconds_per_window'] * 1000:,.1f} ms/window"
+        )
     if "single" in r:
         s = r["single"]
-        for label, k in (("raw getmany + orjson (single msgs)", "raw_events_per_s"),
-                         ("bare Faust decode-only (single msgs)", "bare_faust_events_per_s"),
-                         ("modelmon compute (single msgs)", "modelmon_events_per_s")):
+        for label, k in (
+            ("raw getmany + orjson (single msgs)", "raw_events_per_s"),
+            ("bare Faust decode-only (single msgs)", "bare_faust_events_per_s"),
+            ("modelmon compute (single msgs)", "modelmon_events_per_s"),
+        ):
             lines.append(f"{'[1x]   ' + label:<{w}} {_f(s['events']):>10} {_f(s[k]):>11}")
     if "paced" in r:
         p = r["paced"]
@@ -83,13 +105,16 @@ def table(r: dict[str, Any]) -> str:
             f"paced at {p['rate_events_per_s']:,.0f} events/s for {p['seconds']:.0f} s "
             f"(window {r['window_seconds']} s): event->row p50 {p['row_p50_s']:.2f} s, "
             f"p99 {p['row_p99_s']:.2f} s (emitted to metrics p50 {p['emit_p50_s']:.2f} s, "
-            f"p99 {p['emit_p99_s']:.2f} s; sink insert p99 {p['sink_lag_p99_s']:.2f} s)")
+            f"p99 {p['emit_p99_s']:.2f} s; sink insert p99 {p['sink_lag_p99_s']:.2f} s)"
+        )
     if len(r["scales"]) > 1:
         parts = []
         for s in r["scales"]:
             m = s["modelmon"]
-            parts.append(f"{s['scale']}x: {1e6 / m['events_per_s']:.2f} us/event, "
-                         f"{m['peak_rss_mib']:,.0f} MiB")
+            parts.append(
+                f"{s['scale']}x: {1e6 / m['events_per_s']:.2f} us/event, "
+                f"{m['peak_rss_mib']:,.0f} MiB"
+            )
         lines.append("scaling (modelmon): " + "; ".join(parts))
     lines.append("")
     lines.append(f"{'target':<58} {'measured':>16}  met")

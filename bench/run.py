@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import platform
 import shutil
@@ -26,7 +27,14 @@ import orjson
 
 from bench import modelmon_e2e as mm
 from bench.common import run_measured
-from bench.events import MODELS, EventSetSpec, envelope_messages, from_spec, produce, single_messages
+from bench.events import (
+    MODELS,
+    EventSetSpec,
+    envelope_messages,
+    from_spec,
+    produce,
+    single_messages,
+)
 from bench.report import table
 from pipeline.embedded import EmbeddedBroker
 from schemas.topics import Topics
@@ -37,13 +45,14 @@ WINDOW_S = 10
 
 def _machine() -> dict[str, Any]:
     cpu = ""
-    try:
-        cpu = next(ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
-                   if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform()}
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def _joined_rows(spec: EventSetSpec, path: Path) -> int:
@@ -57,11 +66,17 @@ def _joined_rows(spec: EventSetSpec, path: Path) -> int:
                 continue
             p = preds.pop(e["event_id"])
             ts = round(p["ts"] * 1000)
-            row = {"model": p["model"], "model_version": p["model_version"],
-                   "segment": "region=" + p["segment"]["region"],
-                   "window_start": ts - ts % (WINDOW_S * 1000), "target": e["label"],
-                   "prediction": p["prediction"], "classes": MODELS[p["model"]], **p["features"],
-                   **{f"p_{c}": v for c, v in p["probabilities"].items()}}
+            row = {
+                "model": p["model"],
+                "model_version": p["model_version"],
+                "segment": "region=" + p["segment"]["region"],
+                "window_start": ts - ts % (WINDOW_S * 1000),
+                "target": e["label"],
+                "prediction": p["prediction"],
+                "classes": MODELS[p["model"]],
+                **p["features"],
+                **{f"p_{c}": v for c, v in p["probabilities"].items()},
+            }
             f.write(orjson.dumps(row) + b"\n")
             n += 1
     return n
@@ -70,20 +85,27 @@ def _joined_rows(spec: EventSetSpec, path: Path) -> int:
 def compare(modelmon: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> dict[str, Any]:
     """modelmon's accuracy and macro recall per window against the baseline's."""
     ours = {(r["model"], r["model_version"], r["segment"], int(r["ws"])): r for r in modelmon}
-    theirs = {(r["model"], r["model_version"], r["segment"], int(r["window_start"])): r
-              for r in baseline}
+    theirs = {
+        (r["model"], r["model_version"], r["segment"], int(r["window_start"])): r for r in baseline
+    }
     bad = []
     for k in sorted(set(ours) | set(theirs)):
         a, b = ours.get(k), theirs.get(k)
         if a is None or b is None:
             bad.append({"window": k, "modelmon": a, "baseline": b})
             continue
-        if (int(a["labelled"]) != int(b["labelled"])
-                or abs(float(a["accuracy"]) - b["accuracy"]) > 1e-9
-                or abs(float(a["macro_recall"]) - b["macro_recall"]) > 1e-9):
+        if (
+            int(a["labelled"]) != int(b["labelled"])
+            or abs(float(a["accuracy"]) - b["accuracy"]) > 1e-9
+            or abs(float(a["macro_recall"]) - b["macro_recall"]) > 1e-9
+        ):
             bad.append({"window": k, "modelmon": a, "baseline": b})
-    return {"ok": not bad and bool(ours), "windows": len(ours), "mismatches": bad[:10],
-            "summary": f"{len(ours) - len(bad)}/{len(set(ours) | set(theirs))} windows equal"}
+    return {
+        "ok": not bad and bool(ours),
+        "windows": len(ours),
+        "mismatches": bad[:10],
+        "summary": f"{len(ours) - len(bad)}/{len(set(ours) | set(theirs))} windows equal",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,16 +113,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=100_000, help="predictions at 1x")
     ap.add_argument("--scales", default="1,5", help="multiples of --events, e.g. 1,5")
     ap.add_argument("--json", default="bench-results.json", help="where the results go")
-    ap.add_argument("--tiny", action="store_true",
-                    help="CI size: 3000 predictions, scale 1, no peer, a short paced run")
+    ap.add_argument(
+        "--tiny",
+        action="store_true",
+        help="CI size: 3000 predictions, scale 1, no peer, a short paced run",
+    )
     ap.add_argument("--no-peer", action="store_true", help="skip the Evidently peer")
-    ap.add_argument("--peer-python", default=os.environ.get("BENCH_PEER_PYTHON", sys.executable),
-                    help="interpreter with Evidently installed (env BENCH_PEER_PYTHON)")
+    ap.add_argument(
+        "--peer-python",
+        default=os.environ.get("BENCH_PEER_PYTHON", sys.executable),
+        help="interpreter with Evidently installed (env BENCH_PEER_PYTHON)",
+    )
     ap.add_argument("--peer-max-windows", type=int, default=30)
     ap.add_argument("--paced-seconds", type=float, default=30.0)
     ap.add_argument("--workdir", default=None, help="keep logs and databases here")
-    ap.add_argument("--bootstrap-servers", default=None,
-                    help="use this (empty) Kafka-protocol broker instead of starting Tansu")
+    ap.add_argument(
+        "--bootstrap-servers",
+        default=None,
+        help="use this (empty) Kafka-protocol broker instead of starting Tansu",
+    )
     a = ap.parse_args(argv)
     scales = [1] if a.tiny else [int(s) for s in a.scales.split(",")]
     n1 = 3000 if a.tiny else a.events
@@ -113,9 +144,14 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True)
     log = str(root / "measurements.log")
     py = sys.executable
-    results: dict[str, Any] = {"machine": _machine(), "window_seconds": WINDOW_S,
-                               "partitions": PARTITIONS, "events_1x": n1, "scales": [],
-                               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    results: dict[str, Any] = {
+        "machine": _machine(),
+        "window_seconds": WINDOW_S,
+        "partitions": PARTITIONS,
+        "events_1x": n1,
+        "scales": [],
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
 
     def step(msg: str) -> None:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -131,15 +167,29 @@ def main(argv: list[str] | None = None) -> int:
             messages = list(envelope_messages(from_spec(spec), env, PARTITIONS))
             total_msgs = len(messages)
             step(f"{scale}x: {spec.events} predictions in {total_msgs} envelopes; modelmon e2e")
-            m = mm.run_e2e(bs, env.prefix, PARTITIONS, root / f"modelmon-{scale}x", WINDOW_S,
-                           messages)
+            m = mm.run_e2e(
+                bs, env.prefix, PARTITIONS, root / f"modelmon-{scale}x", WINDOW_S, messages
+            )
             del messages
             step(f"{scale}x: modelmon {m['events_per_s']:,.0f} events/s; raw limit")
             raw, rss, _ = run_measured(
-                [py, "-m", "bench.raw_limit", "--bootstrap", bs, "--topics",
-                 f"{env.predictions},{env.labels}", "--messages", str(total_msgs),
-                 "--out", str(root / f"raw-{scale}x.json")],
-                str(root / f"raw-{scale}x.json"), 600, log)
+                [
+                    py,
+                    "-m",
+                    "bench.raw_limit",
+                    "--bootstrap",
+                    bs,
+                    "--topics",
+                    f"{env.predictions},{env.labels}",
+                    "--messages",
+                    str(total_msgs),
+                    "--out",
+                    str(root / f"raw-{scale}x.json"),
+                ],
+                str(root / f"raw-{scale}x.json"),
+                600,
+                log,
+            )
             raw.update(peak_rss_mib=rss, events_per_s=raw["events"] / raw["seconds"])
             results["scales"].append({"scale": scale, "raw": raw, "modelmon": m})
             if i > 0:
@@ -149,40 +199,93 @@ def main(argv: list[str] | None = None) -> int:
             # --- single-event messages: baseline, bare Faust, modelmon ---
             single = Topics(f"b{run}x{scale}.single.")
             mm.create_topics(bs, single.prefix, PARTITIONS)
-            produced = asyncio.run(produce(bs, single_messages(from_spec(spec), single,
-                                                               PARTITIONS)))
+            produced = asyncio.run(
+                produce(bs, single_messages(from_spec(spec), single, PARTITIONS))
+            )
             n_single = produced["messages"]
             step(f"single-event messages: {n_single}; baseline Faust + River")
-            common = ["--bootstrap", bs, "--predictions", single.predictions, "--labels",
-                      single.labels, "--messages", str(n_single), "--window-ms",
-                      str(WINDOW_S * 1000), "--datadir", str(root / "faust")]
+            common = [
+                "--bootstrap",
+                bs,
+                "--predictions",
+                single.predictions,
+                "--labels",
+                single.labels,
+                "--messages",
+                str(n_single),
+                "--window-ms",
+                str(WINDOW_S * 1000),
+                "--datadir",
+                str(root / "faust"),
+            ]
             base, rss, _ = run_measured(
-                [py, "-m", "bench.baseline_faust", *common, "--mode", "river", "--app-id",
-                 f"b{run}-river", "--out", str(root / "baseline.json")],
-                str(root / "baseline.json"), 1800, log)
+                [
+                    py,
+                    "-m",
+                    "bench.baseline_faust",
+                    *common,
+                    "--mode",
+                    "river",
+                    "--app-id",
+                    f"b{run}-river",
+                    "--out",
+                    str(root / "baseline.json"),
+                ],
+                str(root / "baseline.json"),
+                1800,
+                log,
+            )
             base.update(peak_rss_mib=rss, events_per_s=base["events"] / base["seconds"])
             results["baseline"] = {k: v for k, v in base.items() if k != "windows"}
             results["correct"] = compare(windows, base["windows"])
-            step(f"baseline {base['events_per_s']:,.0f} events/s; "
-                 f"{results['correct']['summary']}; bare Faust decode-only")
+            step(
+                f"baseline {base['events_per_s']:,.0f} events/s; "
+                f"{results['correct']['summary']}; bare Faust decode-only"
+            )
             bare, rss, _ = run_measured(
-                [py, "-m", "bench.baseline_faust", *common, "--mode", "decode", "--app-id",
-                 f"b{run}-decode", "--out", str(root / "bare.json")],
-                str(root / "bare.json"), 1800, log)
+                [
+                    py,
+                    "-m",
+                    "bench.baseline_faust",
+                    *common,
+                    "--mode",
+                    "decode",
+                    "--app-id",
+                    f"b{run}-decode",
+                    "--out",
+                    str(root / "bare.json"),
+                ],
+                str(root / "bare.json"),
+                1800,
+                log,
+            )
             raw1, _, _ = run_measured(
-                [py, "-m", "bench.raw_limit", "--bootstrap", bs, "--topics",
-                 f"{single.predictions},{single.labels}", "--messages", str(n_single),
-                 "--out", str(root / "raw-single.json")],
-                str(root / "raw-single.json"), 600, log)
+                [
+                    py,
+                    "-m",
+                    "bench.raw_limit",
+                    "--bootstrap",
+                    bs,
+                    "--topics",
+                    f"{single.predictions},{single.labels}",
+                    "--messages",
+                    str(n_single),
+                    "--out",
+                    str(root / "raw-single.json"),
+                ],
+                str(root / "raw-single.json"),
+                600,
+                log,
+            )
             step("modelmon on single-event messages")
-            ms = mm.run_e2e(bs, single.prefix, PARTITIONS, root / "modelmon-single", WINDOW_S,
-                            None)
+            ms = mm.run_e2e(bs, single.prefix, PARTITIONS, root / "modelmon-single", WINDOW_S, None)
             results["single"] = {
                 "events": n_single,
                 "raw_events_per_s": raw1["events"] / raw1["seconds"],
                 "bare_faust_events_per_s": bare["events"] / bare["seconds"],
                 "modelmon_events_per_s": ms["compute"].get("events_per_s", 0.0),
-                "modelmon_compute": ms["compute"], "modelmon_peak_rss_mib": ms["peak_rss_mib"],
+                "modelmon_compute": ms["compute"],
+                "modelmon_peak_rss_mib": ms["peak_rss_mib"],
                 "bare_faust_peak_rss_mib": rss,
             }
             if not a.tiny and not a.no_peer:
@@ -190,16 +293,28 @@ def main(argv: list[str] | None = None) -> int:
                 joined = root / "joined.jsonl"
                 _joined_rows(spec, joined)
                 peer, rss, _ = run_measured(
-                    [a.peer_python, "-m", "bench.peer_evidently", "--events", str(joined),
-                     "--out", str(root / "peer.json"), "--max-windows",
-                     str(a.peer_max_windows)],
-                    str(root / "peer.json"), 1800, log)
+                    [
+                        a.peer_python,
+                        "-m",
+                        "bench.peer_evidently",
+                        "--events",
+                        str(joined),
+                        "--out",
+                        str(root / "peer.json"),
+                        "--max-windows",
+                        str(a.peer_max_windows),
+                    ],
+                    str(root / "peer.json"),
+                    1800,
+                    log,
+                )
                 peer["peak_rss_mib"] = rss
                 results["peer"] = peer
             rate = m["events_per_s"] / 2
             step(f"paced run at {rate:,.0f} events/s for {paced_s:.0f} s")
-            results["paced"] = mm.run_paced(bs, f"b{run}paced.", PARTITIONS, root / "paced", WINDOW_S,
-                                            rate, paced_s)
+            results["paced"] = mm.run_paced(
+                bs, f"b{run}paced.", PARTITIONS, root / "paced", WINDOW_S, rate, paced_s
+            )
     results["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     text = table(results)
     Path(a.json).write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
