@@ -38,8 +38,10 @@ def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
 def create_app(settings: Settings) -> faust.App:
     """The app with the agents of ``settings.role``; nothing runs until a worker starts it."""
     brokers = ";".join(f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(","))
+    # Split roles consume different topics, so each role is a consumer group of its own.
+    app_id = settings.group_id if settings.role == "all" else f"{settings.group_id}.{settings.role}"
     app = faust.App(
-        settings.group_id,
+        app_id,
         broker=brokers,
         broker_credentials=_credentials(settings),
         store="memory://",

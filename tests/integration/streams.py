@@ -1,0 +1,65 @@
+"""Traffic shared by the drift and crash tests: two models, one of which drifts."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+START = 1_700_000_040.0
+MINUTES = 8
+RATE = 20  # predictions per second of event time, per model
+
+
+def traffic(seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """Two models over eight minutes: 'steady' keeps its feature and score distributions,
+    'shifting' moves them (and errs more) from minute four on. Labels follow 5-40 s later."""
+    rng = random.Random(seed)
+    predictions, labels = [], []
+    for i in range(MINUTES * 60 * RATE):
+        ts = START + i / RATE
+        for model in ("steady", "shifting"):
+            late = model == "shifting" and ts >= START + 240
+            y = rng.choice("01")
+            right = rng.random() < (0.6 if late else 0.9)
+            score = min(max(rng.gauss(0.75 if late else 0.5, 0.1), 0.0), 1.0)
+            event_id = f"{model}-{i}"
+            predictions.append(
+                {
+                    "event_id": event_id,
+                    "model": model,
+                    "task": "binary",
+                    "ts": ts,
+                    "prediction": int(y if right else "10"[int(y)]),
+                    "score": round(score, 4),
+                    "features": {
+                        "amount": round(rng.lognormvariate(3.0 + (1.0 if late else 0.0), 0.5), 3),
+                        "country": rng.choice(["fr", "de", "es"] + (["br"] * 3 if late else [])),
+                    },
+                }
+            )
+            labels.append((ts + rng.uniform(5, 40), {"event_id": event_id, "label": int(y)}))
+    labels.sort(key=lambda item: item[0])
+    out = [("prediction", p) for p in predictions]
+    out += [("label", {**lab, "ts": ts}) for ts, lab in labels]
+    return sorted(out, key=lambda item: item[1]["ts"])
+
+
+def reference(seed: int) -> list[dict[str, Any]]:
+    """Training data of both models: the undrifted distributions."""
+    rng = random.Random(seed)
+    return [
+        {"amount": rng.lognormvariate(3.0, 0.5), "country": rng.choice(["fr", "de", "es"])}
+        for _ in range(5000)
+    ]
+
+
+WORKER = {"window_seconds": 60, "lateness_seconds": 10, "label_ttl_seconds": 60}
+TABLES = {
+    "quality": "SELECT model, toUnixTimestamp64Milli(window_start) AS ws, predictions, labelled,"
+    " accuracy, roc_auc FROM quality_windows ORDER BY model, ws",
+    "drift": "SELECT model, toUnixTimestamp64Milli(window_start) AS ws, feature, method, reference,"
+    " statistic, drifted FROM drift ORDER BY model, ws, feature, method",
+    "detections": "SELECT model, stream, detector, partition, position,"
+    " toUnixTimestamp64Milli(ts) AS ts, event_id FROM drift_detections"
+    " ORDER BY model, stream, detector, partition, position",
+}
