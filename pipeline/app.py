@@ -20,6 +20,8 @@ from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
+STREAM_BUFFER_MESSAGES = 128
+
 
 def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     config = settings.kafka_client_config()
@@ -58,6 +60,10 @@ def create_app(settings: Settings) -> faust.App:
         broker_rebalance_timeout=settings.rebalance_timeout_seconds,
         broker_commit_interval=settings.flush_interval_seconds,
         stream_wait_empty=False,
+        # Messages buffered per stream. Envelopes make each one large (up to 500 events, or
+        # 512 KiB of result rows), so a short buffer is enough, and it bounds memory when a
+        # stage cannot keep up (e.g. the sink during a ClickHouse outage): fetching pauses.
+        stream_buffer_maxsize=STREAM_BUFFER_MESSAGES,
     )
     topics = Topics(settings.topic_prefix)
     run_id = f"{os.uname().nodename}-{os.getpid()}-{int(time.time())}"
@@ -66,7 +72,7 @@ def create_app(settings: Settings) -> faust.App:
         compute = ComputeRuntime(app, settings, topics, run_id)
         compute_agent.register(app, compute)
     if settings.role in ("all", "sink"):
-        sink = sink_agent.SinkRuntime(settings, topics)
+        sink = sink_agent.SinkRuntime(settings, topics, run_id)
         sink_agent.register(app, sink)
     if settings.idle_exit_seconds > 0:
         _register_idle_exit(app, settings.idle_exit_seconds, compute, sink)
@@ -86,7 +92,7 @@ def _register_idle_exit(
     async def idle_exit() -> None:
         now = time.monotonic()
         quiet = [now - r.last_input >= seconds for r in (compute, sink) if r is not None]
-        started = compute is None or compute.seen_input
+        started = all(r.seen_input for r in (compute, sink) if r is not None)
         busy = sink is not None and sink.busy
         if started and all(quiet) and not busy and (compute is None or compute.idle()):
             log.info("no input for %.0fs and nothing unwritten: stopping", seconds)

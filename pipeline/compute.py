@@ -26,12 +26,12 @@ from pipeline.settings import Settings
 from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
 from pipeline.windows import Mark
 from schemas.codec import Rejected, decode_message
-from schemas.rows import encode_rows
+from schemas.rows import encode_bounded, encode_rows
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
-ROWS_PER_MESSAGE = 2000
+MAX_ROWS_MESSAGE_BYTES = 512 * 1024  # well under Kafka's default 1 MiB message limit
 
 
 class ComputeRuntime:
@@ -162,12 +162,10 @@ class ComputeRuntime:
                 ("feature_partials", rows.features),
                 ("drift_detections_rows", rows.detections),
             ):
-                for chunk in _chunks(batch, ROWS_PER_MESSAGE):
-                    # A partition's rows stay in order: its quality rows reach the sink before
-                    # the feature rows of the same flush, which derive from them.
-                    self.outbox.append(
-                        (self.topics.metrics, encode_rows(table, chunk), partition, None)
-                    )
+                # A partition's rows stay in order: its quality rows reach the sink before
+                # the feature rows of the same flush, which derive from them.
+                for value in encode_bounded(table, batch, MAX_ROWS_MESSAGE_BYTES):
+                    self.outbox.append((self.topics.metrics, value, partition, None))
             for name, value in state.counters.items():
                 self.counters[(partition, name)] = value
             pred_mark, label_mark = state.low_watermarks()
@@ -280,8 +278,3 @@ class ComputeRuntime:
             for b in s.buckets.values()
             for w in b.windows.values()
         )
-
-
-def _chunks(rows: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:
-    for i in range(0, len(rows), size):
-        yield rows[i : i + size]

@@ -71,7 +71,7 @@ class Settings:
     drift_min_count: int = _setting(100, "windows with fewer values of a feature are not flagged")
     flush_interval_seconds: float = _setting(1.0, "how often changed windows are emitted")
     max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
-    sink_batch_messages: int = _setting(500, "metrics messages per ClickHouse insert, at most")
+    sink_batch_messages: int = _setting(100, "metrics messages per ClickHouse insert, at most")
     sink_batch_seconds: float = _setting(1.0, "longest wait before a partial sink batch is written")
     data_dir: str = _setting("./modelmon-data", "local directory for worker state files")
     idle_exit_seconds: float = _setting(

@@ -31,6 +31,24 @@ def encode_rows(table: str, rows: Sequence[dict[str, Any]]) -> bytes:
     )
 
 
+def encode_bounded(table: str, rows: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes]:
+    """``rows`` as one or more messages of at most ``max_bytes`` each (a single row larger
+    than that is sent alone).
+
+    >>> [len(m) < 120 for m in encode_bounded("t", [{"x": "y" * 40}] * 3, 120)]
+    [True, True, True]
+    """
+    if not rows:
+        return []
+    value = encode_rows(table, rows)
+    if len(value) <= max_bytes or len(rows) == 1:
+        return [value]
+    half = len(rows) // 2
+    return encode_bounded(table, rows[:half], max_bytes) + encode_bounded(
+        table, rows[half:], max_bytes
+    )
+
+
 def decode_rows(raw: bytes) -> RowBatch:
     """Decode a metrics message; raises ValueError when it is not one."""
     obj = orjson.loads(raw)

@@ -20,14 +20,16 @@ log = logging.getLogger(__name__)
 class SinkRuntime:
     """Batches rows by table and writes them; offsets are acknowledged after the insert."""
 
-    def __init__(self, settings: Settings, topics: Topics) -> None:
+    def __init__(self, settings: Settings, topics: Topics, run_id: str) -> None:
         self.settings = settings
         self.topics = topics
+        self.run_id = run_id
         self.sink: ClickHouseSink | None = None
         self.deriver: Deriver | None = None
         self.last_input = time.monotonic()
-        self.failures = 0
+        self.counters = {"write_failures": 0, "outage_ms": 0, "rows_written": 0}
         self.busy = False  # a batch is being written (or retried)
+        self.seen_input = False
 
     def open(self) -> ClickHouseSink:
         if self.sink is None:
@@ -39,6 +41,22 @@ class SinkRuntime:
             self.sink.migrate()
             self.deriver = Deriver(self.sink, self.settings)
         return self.sink
+
+    def _counter_rows(self, counters: dict[str, int]) -> list[dict]:
+        """The sink's own counters, written with each batch (so failures and outage time are
+        recorded as soon as ClickHouse accepts writes again)."""
+        version = time.time_ns() // 1_000_000
+        return [
+            {
+                "stage": "sink",
+                "run_id": self.run_id,
+                "partition": 0,
+                "counter": name,
+                "value": value,
+                "version": version,
+            }
+            for name, value in counters.items()
+        ]
 
     def batch(self, events: list[faust.EventT]) -> dict[str, list[dict]]:
         tables: dict[str, list[dict]] = {}
@@ -86,29 +104,46 @@ class SinkRuntime:
                 sink.insert(f"{table}_rows", rows)
 
     async def write(self, events: list[faust.EventT]) -> None:
-        """Insert everything in ``events``; retry with backoff until ClickHouse accepts it."""
+        """Insert everything in ``events``; retry with backoff until ClickHouse accepts it.
+        Until then the batch is not acknowledged, so offsets do not move and the stream's
+        bounded buffer stops consumption: nothing piles up in memory."""
         self.last_input = time.monotonic()
+        self.seen_input = True
         self.busy = True
         tables = self.batch(events)
+        rows = sum(len(batch) for batch in tables.values())
         delay = 0.5
+        failed_at: float | None = None
         while True:
+            counters = dict(self.counters)
+            counters["rows_written"] += rows
+            if failed_at is not None:
+                counters["outage_ms"] += int((time.monotonic() - failed_at) * 1000)
             try:
-                await asyncio.to_thread(self._write, tables)
-                self.failures = 0
-                self.busy = False
-                self.last_input = time.monotonic()
-                return
+                await asyncio.to_thread(
+                    self._write, tables | {"pipeline_counters": self._counter_rows(counters)}
+                )
             except Exception as exc:
-                self.failures += 1
+                failed_at = failed_at or time.monotonic()
+                self.counters["write_failures"] += 1
                 log.error(
                     "ClickHouse write failed (%s, attempt %d); retrying in %.1fs: %s",
                     redact(self.settings.clickhouse_dsn),
-                    self.failures,
+                    self.counters["write_failures"],
                     delay,
                     exc,
                 )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+                continue
+            if failed_at is not None:
+                log.warning(
+                    "ClickHouse writes work again after %.1fs", time.monotonic() - failed_at
+                )
+            self.counters = counters
+            self.busy = False
+            self.last_input = time.monotonic()
+            return
 
 
 def register(app: faust.App, runtime: SinkRuntime) -> None:

@@ -30,8 +30,9 @@ class Deployment:
 
     def __init__(self, broker: EmbeddedBroker, root: Path, partitions: int = 3) -> None:
         self.bootstrap_servers = broker.bootstrap_servers
-        self.root = root
         name = uuid.uuid4().hex[:8]
+        self.root = root / name  # each deployment its own chDB and logs
+        self.root.mkdir()
         self.prefix = f"t{name}."
         self.group = f"g{name}"
         self.partitions = partitions
@@ -58,10 +59,15 @@ class Deployment:
             self.settings(**overrides), timeout, str(self.root / "worker.log")
         )
 
-    async def committed(self, *names: str) -> dict[tuple[str, int], int | None]:
-        """The worker group's committed offset of each partition of the named topics."""
+    async def committed(
+        self, *names: str, group_suffix: str = ""
+    ) -> dict[tuple[str, int], int | None]:
+        """The worker group's committed offset of each partition of the named topics
+        (``group_suffix`` ".compute" or ".sink" for workers of a split role)."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers, group_id=self.group, enable_auto_commit=False
+            bootstrap_servers=self.bootstrap_servers,
+            group_id=self.group + group_suffix,
+            enable_auto_commit=False,
         )
         await consumer.start()
         try:
@@ -70,6 +76,24 @@ class Deployment:
                 for name in names
                 for p in range(self.partitions)
             }
+        finally:
+            await consumer.stop()
+
+    async def topic_bytes(self, name: str) -> int:
+        """Bytes of all message values in a topic (read back from the broker)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap_servers,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            tps = [TopicPartition(self.prefix + name, p) for p in range(self.partitions)]
+            consumer.assign(tps)
+            total = 0
+            while batch := await consumer.getmany(*tps, timeout_ms=500):
+                total += sum(len(m.value or b"") for ms in batch.values() for m in ms)
+            return total
         finally:
             await consumer.stop()
 

@@ -136,3 +136,30 @@ def test_results_survive_sigkill_of_any_worker_at_any_time(deployment: Any) -> N
     assert expected["detections"], "the traffic makes the detectors fire"
     predictions = sum(kind == "prediction" for kind, _ in events)
     assert sum(r["predictions"] for r in got["quality"]) == predictions
+
+
+def test_two_workers_with_rebalances_equal_one(deployment: Any) -> None:
+    """A second compute worker joins mid-stream and the first leaves before the end."""
+    events = traffic(seed=6)
+    single, pair = deployment(partitions=3), deployment(partitions=3)
+    asyncio.run(produce(single, events, pace=0))
+    drain(single, single.root / "single.log")
+
+    producer = threading.Thread(target=lambda: asyncio.run(produce(pair, events, pace=0.25)))
+    workers = Workers(pair, pair.root / "pair.log", idle_exit=0)
+    producer.start()
+    try:
+        workers.start(0, "sink")
+        workers.start(1, "compute")
+        time.sleep(6)
+        workers.start(2, "compute")  # joins: partitions move to it
+        time.sleep(6)
+        workers.procs[1].send_signal(signal.SIGTERM)  # leaves: its partitions move back
+        assert workers.procs[1].wait(timeout=60) == 0
+        producer.join()
+    finally:
+        workers.stop_all()
+        producer.join()
+    drain(pair, pair.root / "pair.log")
+    for name, sql in TABLES.items():
+        assert pair.query(sql) == single.query(sql), name
