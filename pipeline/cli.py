@@ -12,6 +12,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -77,7 +78,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     sink.close()
     if args.format == "json":
         sys.stdout.buffer.write(
-            orjson.dumps([dict(zip(columns, r, strict=True)) for r in rows], default=str) + b"\n"
+            orjson.dumps(
+                [dict(zip(columns, r, strict=True)) for r in rows],
+                default=str,
+                option=orjson.OPT_NON_STR_KEYS,
+            )
+            + b"\n"
         )
     else:
         _print_table(columns, rows)
@@ -118,6 +124,89 @@ def cmd_reference_upload(args: argparse.Namespace) -> int:
     )
     print(f"published a profile of {n} features as {args.model}/{args.model_version}/{args.name}")
     return 0
+
+
+def _time_ms(value: str) -> int:
+    try:
+        return round(float(value) * 1000)
+    except ValueError:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise ValueError(f"time {value!r} needs a zone (e.g. Z or +00:00)") from None
+        return round(parsed.timestamp() * 1000)
+
+
+def _plan(args: argparse.Namespace, settings: Settings) -> Any:
+    from pipeline.replay import Plan
+
+    offsets: dict[tuple[str, int], tuple[int, int | None]] = {}
+    for item in filter(None, (args.offsets or "").split(",")):
+        try:
+            where, span = item.split("=")
+            topic, partition = where.split(":")
+            first, _, last = span.partition("-")
+            kind = {"predictions": "prediction", "labels": "label"}[topic]
+            offsets[(kind, int(partition))] = (int(first), int(last) if last else None)
+        except (ValueError, KeyError):
+            raise ValueError(
+                f"--offsets: expected predictions|labels:PARTITION=FIRST-[LAST], got {item!r}"
+            ) from None
+    if (args.start_time is None) != (args.end_time is None):
+        raise ValueError("--start-time and --end-time go together")
+    time_range = None
+    if args.start_time is not None:
+        time_range = (_time_ms(args.start_time), _time_ms(args.end_time))
+    partitions = (
+        tuple(int(p) for p in args.input_partitions.split(","))
+        if args.input_partitions
+        else tuple(range(settings.partitions))
+    )
+    return Plan(
+        partitions,
+        tuple(getattr(args, "file", None) or ()),
+        time_range,
+        offsets,
+        getattr(args, "result_set", ""),
+        getattr(args, "flush_every", 1000),
+    )
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from pipeline.replay import run
+
+    settings = _settings(args)
+    summary = run(
+        settings, _plan(args, settings), args.workers, None if args.no_progress else sys.stderr
+    )
+    print(summary)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pipeline.replay import export, locate
+
+    settings = _settings(args)
+    plan = _plan(args, settings)
+
+    async def go() -> int:
+        start, end = await locate(settings, plan, plan.partitions)
+        with open(args.out, "w") as out:
+            return await export(settings, plan.partitions, out, start, end)
+
+    print(f"exported {asyncio.run(go())} messages to {args.out}")
+    return 0
+
+
+def _add_range_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input-partitions", help="comma-separated input partitions (default: all)"
+    )
+    parser.add_argument("--start-time", help="event time (epoch seconds or ISO-8601 with zone)")
+    parser.add_argument("--end-time", help="end of the event-time range (exclusive)")
+    parser.add_argument(
+        "--offsets",
+        help="explicit ranges, e.g. predictions:0=100-200,labels:0=50- (last offset exclusive)",
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -176,6 +265,48 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("--name", default="default", help="profile name (default: default)")
     _add_settings_flags(upload)
     upload.set_defaults(func=cmd_reference_upload)
+
+    replay = sub.add_parser(
+        "replay",
+        help="recompute results from historical topics or files",
+        description="Fold a range of the predictions and labels topics (or JSON Lines files) "
+        "exactly as the live compute stage does, beside the live workers (no consumer group), "
+        "and publish the rows for the live sink: into the live tables (replayed windows are "
+        "overwritten idempotently) or, with --result-set, into a database of their own.",
+    )
+    replay.add_argument(
+        "--file",
+        action="append",
+        help="JSON Lines file (from modelmon export, or one event per line "
+        "with a 'kind' member); repeatable; default: read the topics",
+    )
+    _add_range_flags(replay)
+    replay.add_argument(
+        "--result-set",
+        default="",
+        help="write to database <clickhouse_database>_<NAME> instead of the live tables",
+    )
+    replay.add_argument("--workers", type=int, default=1, help="processes (default: 1)")
+    replay.add_argument(
+        "--flush-every",
+        type=int,
+        default=1000,
+        help="messages folded between row emissions (default: 1000)",
+    )
+    replay.add_argument("--no-progress", action="store_true", help="no progress line")
+    _add_settings_flags(replay)
+    replay.set_defaults(func=cmd_replay)
+
+    export = sub.add_parser(
+        "export",
+        help="write a topic range to JSON Lines",
+        description="Write the predictions and labels messages of a range, one per line with "
+        "kind, partition and offset, for archiving and for modelmon replay --file.",
+    )
+    export.add_argument("--out", required=True, help="the JSON Lines file to write")
+    _add_range_flags(export)
+    _add_settings_flags(export)
+    export.set_defaults(func=cmd_export)
 
     demo = sub.add_parser(
         "demo",

@@ -32,7 +32,7 @@ from typing import Any
 from pipeline.detection import DetectorStreams
 from pipeline.estimators.classification import ClassificationWindow
 from pipeline.estimators.features import FeatureWindow
-from pipeline.windows import Mark, Watermark, window_start
+from pipeline.windows import NEVER, Mark, Watermark
 from schemas.events import CLASSIFICATION_TASKS, Label, Prediction
 
 WindowKey = tuple[str, str, str, int]  # model, model_version, segment, window_start
@@ -70,10 +70,37 @@ class _Bucket:
 
 @dataclass(slots=True)
 class _Window:
+    """A window's accumulators, and what was read into it but not yet folded into them.
+
+    Predictions and joined pairs are held back until the window's rows are read (every flush)
+    or ``_SETTLE_AT`` of them wait, and then folded in one batch: the accumulators' results
+    do not depend on batching, and one batch costs far less than many small ones when
+    messages hold one event each.
+    """
+
     acc: ClassificationWindow
     features: FeatureWindow
     version: int = 0
     dirty: bool = True
+    preds: list[Prediction] = field(default_factory=list)
+    y_true: list[Any] = field(default_factory=list)
+    y_pred: list[Any] = field(default_factory=list)
+    proba: list[dict[str, float] | None] = field(default_factory=list)
+
+    def settle(self) -> None:
+        """Fold what waits into the accumulators."""
+        if self.preds:
+            preds, self.preds = self.preds, []
+            self.acc.add_predictions(len(preds))
+            self.features.update([_observed(p) for p in preds])
+        if self.y_true:
+            y_true, y_pred, proba = self.y_true, self.y_pred, self.proba
+            self.y_true, self.y_pred, self.proba = [], [], []
+            self.acc.add_labelled(y_true, y_pred, proba)
+
+
+#: Pending predictions or joined pairs of one window that trigger folding them in.
+_SETTLE_AT = 4096
 
 
 def _earliest(a: Mark | None, b: Mark) -> Mark:
@@ -127,96 +154,134 @@ class PartitionState:
 
     def add_predictions(self, offset: int, preds: Sequence[Prediction]) -> None:
         """Fold the predictions of the message at ``offset`` of the predictions topic."""
-        mark = Mark(offset, self.pred_wm.max_ts)
-        pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] = defaultdict(list)
-        features: dict[WindowKey, list[dict[str, Any]]] = defaultdict(list)
+        wm = self.pred_wm
+        max_ts = wm.max_ts
+        mark = Mark(offset, max_ts)
+        late_before = NEVER if max_ts == NEVER else max_ts - wm.lateness_ms
+        window_ms = self.window_ms
+        buckets = self.buckets
+        pred_index = self.pred_index
+        label_index = self.label_index
+        counters = self.counters
+        detectors = self.detectors if self.detectors.names else None
+        pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] | None = None
         for p in preds:
-            if self.pred_wm.is_late(p.ts_ms):
-                self.counters["late_predictions"] += 1
+            ts = p.ts_ms
+            if ts < late_before:
+                counters["late_predictions"] += 1
                 continue
-            if p.event_id in self.pred_index:
-                self.counters["duplicate_predictions"] += 1
+            event_id = p.event_id
+            if event_id in pred_index:
+                counters["duplicate_predictions"] += 1
                 continue
-            start = window_start(p.ts_ms, self.window_ms)
-            bucket = self.buckets[start]
-            bucket.first_pred = _earliest(bucket.first_pred, mark)
+            start = ts - ts % window_ms
+            bucket = buckets[start]
+            first = bucket.first_pred
+            if first is None or offset < first.offset:
+                bucket.first_pred = mark
             key = (p.model, p.model_version, p.segment, start)
-            entry = _Pred(p.ts_ms, key, p.task, p.prediction, _proba(p))
-            self.pred_index[p.event_id] = bucket.preds[p.event_id] = entry
-            features[key].append(_observed(p))
-            score = _score(entry)
-            if score is not None:
-                self.detectors.push("score", p.ts_ms, p.event_id, p.model, p.model_version, score)
-            label = self.label_index.get(p.event_id)
-            if label is not None and label.open and self._joinable(entry.ts_ms, label.ts_ms):
-                pairs[key].append((p.event_id, entry, label))
+            entry = _Pred(ts, key, p.task, p.prediction, _proba(p))
+            pred_index[event_id] = bucket.preds[event_id] = entry
+            w = bucket.windows.get(key)
+            if w is None:
+                w = bucket.windows[key] = self._new_window()
+            w.preds.append(p)
+            w.version += 1
+            w.dirty = True
+            if len(w.preds) >= _SETTLE_AT:
+                w.settle()
+            if detectors is not None:
+                score = _score(entry)
+                if score is not None:
+                    detectors.push("score", ts, event_id, p.model, p.model_version, score)
+            label = label_index.get(event_id)
+            if label is not None and label.open and self._joinable(ts, label.ts_ms):
+                if pairs is None:
+                    pairs = {}
+                pairs.setdefault(key, []).append((event_id, entry, label))
                 label.open = entry.open = False
             elif bucket.preds_closed:  # no label can still join it
                 entry.open = False
-                self.counters["expired_unlabelled"] += 1
-            self.pred_wm.observe(p.ts_ms)
-        self._fold(features, pairs, None)
-        self.next_pred = Mark(offset + 1, self.pred_wm.max_ts)
+                counters["expired_unlabelled"] += 1
+            if ts > max_ts:
+                max_ts = ts
+                late_before = max_ts - wm.lateness_ms
+        wm.max_ts = max_ts
+        if pairs:
+            self._fold(pairs, None)
+        self.next_pred = Mark(offset + 1, max_ts)
 
     def add_labels(self, offset: int, labels: Sequence[Label]) -> None:
         """Fold the labels of the message at ``offset`` of the labels topic."""
-        mark = Mark(offset, self.label_wm.max_ts)
-        pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] = defaultdict(list)
+        wm = self.label_wm
+        max_ts = wm.max_ts
+        mark = Mark(offset, max_ts)
+        late_before = NEVER if max_ts == NEVER else max_ts - wm.lateness_ms
+        window_ms = self.window_ms
+        buckets = self.buckets
+        pred_index = self.pred_index
+        label_index = self.label_index
+        counters = self.counters
+        pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] = {}
         for lab in labels:
-            if self.label_wm.is_late(lab.ts_ms):
-                self.counters["late_labels"] += 1
+            ts = lab.ts_ms
+            if ts < late_before:
+                counters["late_labels"] += 1
                 continue
-            if lab.event_id in self.label_index:
-                self.counters["duplicate_labels"] += 1
+            event_id = lab.event_id
+            if event_id in label_index:
+                counters["duplicate_labels"] += 1
                 continue
-            bucket = self.buckets[window_start(lab.ts_ms, self.window_ms)]
-            bucket.first_label = _earliest(bucket.first_label, mark)
-            entry = _Label(lab.ts_ms, lab.label)
-            self.label_index[lab.event_id] = bucket.labels[lab.event_id] = entry
-            pred = self.pred_index.get(lab.event_id)
-            if pred is not None and pred.open and self._joinable(pred.ts_ms, entry.ts_ms):
-                pairs[pred.key].append((lab.event_id, pred, entry))
+            bucket = buckets[ts - ts % window_ms]
+            first = bucket.first_label
+            if first is None or offset < first.offset:
+                bucket.first_label = mark
+            entry = _Label(ts, lab.label)
+            label_index[event_id] = bucket.labels[event_id] = entry
+            pred = pred_index.get(event_id)
+            if pred is not None and pred.open and self._joinable(pred.ts_ms, ts):
+                pairs.setdefault(pred.key, []).append((event_id, pred, entry))
                 pred.open = entry.open = False
             elif bucket.labels_closed:  # no prediction can still join it
                 entry.open = False
-                self.counters["unmatched_labels"] += 1
-            self.label_wm.observe(lab.ts_ms)
-        self._fold({}, pairs, mark)
-        self.next_label = Mark(offset + 1, self.label_wm.max_ts)
+                counters["unmatched_labels"] += 1
+            if ts > max_ts:
+                max_ts = ts
+                late_before = max_ts - wm.lateness_ms
+        wm.max_ts = max_ts
+        self._fold(pairs, mark)
+        self.next_label = Mark(offset + 1, max_ts)
 
     def _joinable(self, pred_ts: int, label_ts: int) -> bool:
-        horizon = self.window_ms + self.label_ttl_ms
+        window_ms = self.window_ms
+        horizon = window_ms + self.label_ttl_ms
         return (
-            label_ts < window_start(pred_ts, self.window_ms) + horizon
-            and pred_ts < window_start(label_ts, self.window_ms) + horizon
+            label_ts < pred_ts - pred_ts % window_ms + horizon
+            and pred_ts < label_ts - label_ts % window_ms + horizon
         )
 
     def _fold(
         self,
-        features: dict[WindowKey, list[dict[str, Any]]],
         pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]],
         label_mark: Mark | None,
     ) -> None:
-        for key, observed in features.items():
-            w = self._window(key)
-            w.acc.add_predictions(len(observed))
-            w.features.update(observed)
-            w.version += len(observed)
-            w.dirty = True
+        """Count joined pairs into their windows (the accumulators get them at settle)."""
+        counters = self.counters
+        detectors = self.detectors if self.detectors.names else None
         for key, joined in pairs.items():
             y_true, y_pred, proba = [], [], []
             for event_id, pred, label in joined:
                 if not _label_fits(pred.task, label.label):
-                    self.counters["label_type_mismatch"] += 1
+                    counters["label_type_mismatch"] += 1
                     continue
                 if pred.task not in CLASSIFICATION_TASKS:
-                    self.counters["labels_unsupported_task"] += 1
+                    counters["labels_unsupported_task"] += 1
                     continue
                 y_true.append(label.label)
                 y_pred.append(pred.y_pred)
                 proba.append(pred.proba)
-                if pred.ts_ms <= label.ts_ms:
-                    self.detectors.push(
+                if detectors is not None and pred.ts_ms <= label.ts_ms:
+                    detectors.push(
                         "error",
                         label.ts_ms,
                         event_id,
@@ -224,21 +289,28 @@ class PartitionState:
                         key[1],
                         float(pred.y_pred != label.label),
                     )
-            self.counters["joined"] += len(joined)
+            counters["joined"] += len(joined)
             if label_mark is not None:
                 bucket = self.buckets[key[3]]
                 bucket.first_label = _earliest(bucket.first_label, label_mark)
             if y_true:
                 w = self._window(key)
-                w.acc.add_labelled(y_true, y_pred, proba)
+                w.y_true += y_true
+                w.y_pred += y_pred
+                w.proba += proba
                 w.version += len(y_true)
                 w.dirty = True
+                if len(w.y_true) >= _SETTLE_AT:
+                    w.settle()
+
+    def _new_window(self) -> _Window:
+        return _Window(ClassificationWindow(self.auc_bins), FeatureWindow())
 
     def _window(self, key: WindowKey) -> _Window:
         windows = self.buckets[key[3]].windows
         w = windows.get(key)
         if w is None:
-            w = windows[key] = _Window(ClassificationWindow(self.auc_bins), FeatureWindow())
+            w = windows[key] = self._new_window()
         return w
 
     # --- output ---------------------------------------------------------------------------
@@ -254,6 +326,7 @@ class PartitionState:
                 if not w.dirty:
                     continue
                 w.dirty = False
+                w.settle()
                 base = {
                     "model": key[0],
                     "model_version": key[1],

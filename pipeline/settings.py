@@ -89,6 +89,22 @@ class Settings:
     ssl_keyfile: str = _setting("", "client private key (mutual TLS)")
 
     def __post_init__(self) -> None:
+        if self.security_protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError(
+                "security_protocol: expected PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL, "
+                f"got {self.security_protocol!r}"
+            )
+        if self.sasl_mechanism not in ("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise ValueError(
+                "sasl_mechanism: expected PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512, "
+                f"got {self.sasl_mechanism!r}"
+            )
+        if self.security_protocol.startswith("SASL") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(f"{self.security_protocol} needs sasl_username and sasl_password")
+        if self.ssl_keyfile and not self.ssl_certfile:
+            raise ValueError("ssl_keyfile needs ssl_certfile")
         if self.role not in ("all", "compute", "sink"):
             raise ValueError(f"role: expected all, compute or sink, got {self.role!r}")
         if not _IDENTIFIER.match(self.clickhouse_database):

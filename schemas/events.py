@@ -17,6 +17,7 @@ schemas.events.SchemaError: ts: expected epoch seconds (number) or an ISO-8601 s
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -286,6 +287,12 @@ def _check_version(obj: Mapping[str, Any]) -> None:
 
 def decode_prediction(obj: Mapping[str, Any]) -> Prediction:
     """Validate one prediction object (see the module docstring)."""
+    fast = _fast_prediction(obj)
+    return fast if fast is not None else _decode_prediction(obj)
+
+
+def _decode_prediction(obj: Mapping[str, Any]) -> Prediction:
+    """Every check, in order, each with its own error."""
     _check_version(obj)
     task = _require(obj, "task")
     if task not in TASKS:
@@ -315,9 +322,162 @@ def decode_prediction(obj: Mapping[str, Any]) -> Prediction:
     )
 
 
+_PLAIN_FEATURE_TYPES: Final = frozenset({float, str, type(None)})
+_STR_TYPE: Final = frozenset({str})
+_SEGMENT_KEYS: dict[tuple[tuple[str, str], ...], str] = {}
+_SEGMENT_CACHE_MAX: Final = 4096
+
+
+def _fast_prediction(obj: Mapping[str, Any]) -> Prediction | None:
+    """The common case of :func:`decode_prediction` with fewer calls: a classification
+    prediction whose every field has its plain JSON type (floats, strings, one-level segment
+    tags). Returns None, deciding nothing, for anything else or anything invalid; the full
+    decoder then accepts it or names the offending field. Whatever it returns equals what the
+    full decoder returns for the same object."""
+    get = obj.get
+    version = get("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or version != SCHEMA_VERSION:
+        return None
+    task = get("task")
+    if task != "binary" and task != "multiclass":
+        return None
+    event_id = get("event_id")
+    model = get("model")
+    model_version = get("model_version", "")
+    if (
+        type(event_id) is not str
+        or not 0 < len(event_id) <= MAX_ID_LEN
+        or type(model) is not str
+        or not 0 < len(model) <= MAX_NAME_LEN
+        or type(model_version) is not str
+        or len(model_version) > MAX_NAME_LEN
+    ):
+        return None
+    ts = get("ts")
+    kind = type(ts)
+    if kind is float:
+        if not 0.0 <= ts < MAX_EPOCH_SECONDS:  # NaN fails too
+            return None
+    elif kind is int:
+        if not 0 <= ts < MAX_EPOCH_SECONDS:
+            return None
+        ts = float(ts)
+    else:
+        return None
+    prediction = get("prediction")
+    if type(prediction) is not str or not 0 < len(prediction) <= MAX_NAME_LEN:
+        return None
+    if task == "binary" and prediction != "0" and prediction != "1":
+        return None
+    score = get("score")
+    if score is not None:
+        if type(score) is not float:
+            return None
+        if task == "binary":
+            if not 0.0 <= score <= 1.0:
+                return None
+        elif score - score != 0.0:
+            return None
+    latency = get("latency_ms")
+    if latency is not None and (type(latency) is not float or not 0.0 <= latency < math.inf):
+        return None
+    client_id = get("client_id")
+    if client_id is not None and (
+        type(client_id) is not str or not 0 < len(client_id) <= MAX_ID_LEN
+    ):
+        return None
+    probabilities = get("probabilities")
+    if probabilities is not None:
+        if type(probabilities) is not dict or not 0 < len(probabilities) <= MAX_CLASSES:
+            return None
+        for cls, p in probabilities.items():
+            if (
+                type(p) is not float
+                or not 0.0 <= p <= 1.0
+                or type(cls) is not str
+                or not 0 < len(cls) <= MAX_NAME_LEN
+            ):
+                return None
+        probabilities = dict(probabilities)
+    features = get("features")
+    if features is not None:
+        if type(features) is not dict or len(features) > MAX_FEATURES:
+            return None
+        if features and (
+            set(map(type, features)) != _STR_TYPE
+            or not set(map(type, features.values())) <= _PLAIN_FEATURE_TYPES
+            or min(map(len, features)) == 0
+            or max(map(len, features)) > MAX_NAME_LEN
+        ):
+            return None
+        features = dict(features)
+    segment = get("segment")
+    if segment is None:
+        segment = ""
+    elif type(segment) is str:
+        if len(segment) > MAX_NAME_LEN:
+            return None
+    elif type(segment) is dict:
+        items = tuple(segment.items())
+        for k, v in items:
+            if type(k) is not str or type(v) is not str:
+                return None  # only exact strings: 1, 1.0 and True are equal as cache keys
+        key = _SEGMENT_KEYS.get(items)
+        if key is None:
+            try:
+                key = segment_key(segment)
+            except SchemaError:
+                return None
+            if len(_SEGMENT_KEYS) >= _SEGMENT_CACHE_MAX:
+                _SEGMENT_KEYS.clear()
+            _SEGMENT_KEYS[items] = key
+        segment = key
+    else:
+        return None
+    return Prediction(
+        event_id=event_id,
+        model=model,
+        model_version=model_version,
+        ts_ms=round(ts * 1000),
+        task=task,
+        prediction=prediction,
+        score=score,
+        probabilities=probabilities,
+        features=features,
+        segment=segment,
+        latency_ms=latency,
+        client_id=client_id,
+    )
+
+
 def decode_label(obj: Mapping[str, Any]) -> Label:
     """Validate one label object. The label's type is checked against the prediction's task
     when the two are joined, since a label source need not know the task."""
+    get = obj.get
+    version = get("schema_version", SCHEMA_VERSION)
+    value = get("label")
+    event_id = get("event_id")
+    model = get("model")
+    if (  # the common case with fewer calls; anything else takes the full path below
+        type(version) is int
+        and version == SCHEMA_VERSION
+        and type(value) is str
+        and 0 < len(value) <= MAX_NAME_LEN
+        and type(event_id) is str
+        and 0 < len(event_id) <= MAX_ID_LEN
+        and (model is None or (type(model) is str and 0 < len(model) <= MAX_NAME_LEN))
+    ):
+        ts = get("ts")
+        kind = type(ts)
+        if kind is float and 0.0 <= ts < MAX_EPOCH_SECONDS:
+            return Label(event_id=event_id, ts_ms=round(ts * 1000), label=value, model=model)
+        if kind is int and 0 <= ts < MAX_EPOCH_SECONDS:
+            return Label(event_id=event_id, ts_ms=round(ts * 1000.0), label=value, model=model)
+    return _decode_label(obj)
+
+
+def _decode_label(obj: Mapping[str, Any]) -> Label:
+    """Every check of :func:`decode_label`, in order, each with its own error."""
     _check_version(obj)
     value = obj.get("label")
     if value is None:

@@ -22,16 +22,24 @@ from schemas.events import SCHEMA_VERSION
 class RowBatch:
     table: str
     rows: list[dict[str, Any]]
+    result_set: str = ""  # "" for the live results; a name for a replay kept apart
 
 
-def encode_rows(table: str, rows: Sequence[dict[str, Any]]) -> bytes:
-    return orjson.dumps(
-        {"schema_version": SCHEMA_VERSION, "kind": "rows", "table": table, "rows": list(rows)},
-        option=orjson.OPT_NON_STR_KEYS,
-    )
+def encode_rows(table: str, rows: Sequence[dict[str, Any]], result_set: str = "") -> bytes:
+    message: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "rows",
+        "table": table,
+        "rows": list(rows),
+    }
+    if result_set:
+        message["result_set"] = result_set
+    return orjson.dumps(message, option=orjson.OPT_NON_STR_KEYS)
 
 
-def encode_bounded(table: str, rows: Sequence[dict[str, Any]], max_bytes: int) -> list[bytes]:
+def encode_bounded(
+    table: str, rows: Sequence[dict[str, Any]], max_bytes: int, result_set: str = ""
+) -> list[bytes]:
     """``rows`` as one or more messages of at most ``max_bytes`` each (a single row larger
     than that is sent alone).
 
@@ -40,12 +48,12 @@ def encode_bounded(table: str, rows: Sequence[dict[str, Any]], max_bytes: int) -
     """
     if not rows:
         return []
-    value = encode_rows(table, rows)
+    value = encode_rows(table, rows, result_set)
     if len(value) <= max_bytes or len(rows) == 1:
         return [value]
     half = len(rows) // 2
-    return encode_bounded(table, rows[:half], max_bytes) + encode_bounded(
-        table, rows[half:], max_bytes
+    return encode_bounded(table, rows[:half], max_bytes, result_set) + encode_bounded(
+        table, rows[half:], max_bytes, result_set
     )
 
 
@@ -58,4 +66,4 @@ def decode_rows(raw: bytes) -> RowBatch:
         or not isinstance(obj.get("rows"), list)
     ):
         raise ValueError("not a rows message")
-    return RowBatch(str(obj["table"]), obj["rows"])
+    return RowBatch(str(obj["table"]), obj["rows"], str(obj.get("result_set", "")))

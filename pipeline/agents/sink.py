@@ -25,7 +25,7 @@ class SinkRuntime:
         self.topics = topics
         self.run_id = run_id
         self.sink: ClickHouseSink | None = None
-        self.deriver: Deriver | None = None
+        self.targets: dict[str, tuple[ClickHouseSink, Deriver]] = {}
         self.last_input = time.monotonic()
         self.counters = {"write_failures": 0, "outage_ms": 0, "rows_written": 0}
         self.busy = False  # a batch is being written (or retried)
@@ -39,7 +39,6 @@ class SinkRuntime:
                 self.settings.window_seconds,
             )
             self.sink.migrate()
-            self.deriver = Deriver(self.sink, self.settings)
         return self.sink
 
     def _counter_rows(self, counters: dict[str, int]) -> list[dict]:
@@ -58,8 +57,9 @@ class SinkRuntime:
             for name, value in counters.items()
         ]
 
-    def batch(self, events: list[faust.EventT]) -> dict[str, list[dict]]:
-        tables: dict[str, list[dict]] = {}
+    def batch(self, events: list[faust.EventT]) -> dict[str, dict[str, list[dict]]]:
+        """Rows by result set ("" = live) and table."""
+        sets: dict[str, dict[str, list[dict]]] = {}
         for event in events:
             message = event.message
             if message.topic == self.topics.deadletter:
@@ -74,7 +74,7 @@ class SinkRuntime:
                     "raw_size": int(headers.get("raw_size", len(message.value or b""))),
                     "received_at": int(headers.get("received_at", 0)),
                 }
-                tables.setdefault("dead_letters_rows", []).append(row)
+                sets.setdefault("", {}).setdefault("dead_letters_rows", []).append(row)
                 continue
             try:
                 rows = decode_rows(message.value)
@@ -83,25 +83,34 @@ class SinkRuntime:
                     "skipping a metrics message that is not rows at offset %d", message.offset
                 )
                 continue
+            tables = sets.setdefault(rows.result_set, {})
             tables.setdefault(rows.table, []).extend(rows.rows)
-        return tables
+        return sets
 
-    def _write(self, tables: dict[str, list[dict]]) -> None:
+    def _target(self, result_set: str) -> tuple[ClickHouseSink, Deriver]:
+        """The sink and deriver of a result set: the live database, or ``<db>_<name>``."""
+        live = self.open()
+        if result_set not in self.targets:
+            sink = live.sibling(f"{live.database}_{result_set}") if result_set else live
+            self.targets[result_set] = (sink, Deriver(sink, self.settings))
+        return self.targets[result_set]
+
+    def _write(self, sets: dict[str, dict[str, list[dict]]]) -> None:
         """Insert, then derive drift and data quality for the windows whose feature
         summaries changed (blocking: runs in a worker thread)."""
-        sink = self.open()
-        for table, rows in tables.items():
-            sink.insert(table, rows)
-        assert self.deriver is not None
-        derived = []
-        if tables.get("reference_profiles"):
-            models = {(r["model"], r["model_version"]) for r in tables["reference_profiles"]}
-            derived.append(self.deriver.rederive(models))
-        if tables.get("feature_partials"):
-            derived.append(self.deriver.derive(tables["feature_partials"]))
-        for by_table in derived:
-            for table, rows in by_table.items():
-                sink.insert(f"{table}_rows", rows)
+        for result_set, tables in sets.items():
+            sink, deriver = self._target(result_set)
+            for table, rows in tables.items():
+                sink.insert(table, rows)
+            derived = []
+            if tables.get("reference_profiles"):
+                models = {(r["model"], r["model_version"]) for r in tables["reference_profiles"]}
+                derived.append(deriver.rederive(models))
+            if tables.get("feature_partials"):
+                derived.append(deriver.derive(tables["feature_partials"]))
+            for by_table in derived:
+                for table, rows in by_table.items():
+                    sink.insert(f"{table}_rows", rows)
 
     async def write(self, events: list[faust.EventT]) -> None:
         """Insert everything in ``events``; retry with backoff until ClickHouse accepts it.
@@ -110,8 +119,8 @@ class SinkRuntime:
         self.last_input = time.monotonic()
         self.seen_input = True
         self.busy = True
-        tables = self.batch(events)
-        rows = sum(len(batch) for batch in tables.values())
+        sets = self.batch(events)
+        rows = sum(len(batch) for tables in sets.values() for batch in tables.values())
         delay = 0.5
         failed_at: float | None = None
         while True:
@@ -120,9 +129,12 @@ class SinkRuntime:
             if failed_at is not None:
                 counters["outage_ms"] += int((time.monotonic() - failed_at) * 1000)
             try:
-                await asyncio.to_thread(
-                    self._write, tables | {"pipeline_counters": self._counter_rows(counters)}
-                )
+                live = dict(sets.get("", {}))
+                live["pipeline_counters"] = [
+                    *live.get("pipeline_counters", []),
+                    *self._counter_rows(counters),
+                ]
+                await asyncio.to_thread(self._write, sets | {"": live})
             except Exception as exc:
                 failed_at = failed_at or time.monotonic()
                 self.counters["write_failures"] += 1

@@ -29,6 +29,7 @@ import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -126,22 +127,49 @@ def cap_categories(counts: dict[str, int], cap: int) -> int:
     return sum(counts.pop(c) for c in dropped)
 
 
+#: ``np.frexp`` exponents of finite float64 values lie in [-1073, 1024]; shifted by this they
+#: index a bincount.
+_EXP_BIAS = 1074
+#: Per-exponent sums of the mantissa halves are accumulated in float64 by ``np.bincount``:
+#: exact while every partial sum stays below 2**53, i.e. for up to 2**26 values per call.
+_CHUNK = 1 << 25
+
+
 def _exact_sum(x: np.ndarray) -> int:
-    """Exact sum of finite float64 values, as an integer in units of 2**-_SUM_BITS."""
+    """Exact sum of finite float64 values, as an integer in units of 2**-_SUM_BITS.
+
+    Each value is ``m * 2**(e - 53)`` with an integer mantissa ``|m| < 2**53``; ``m`` is split
+    into a high and a low half of at most 27 bits, and the halves are summed per exponent in
+    float64, where integer sums below 2**53 are exact whatever the order. Only the distinct
+    exponents meet Python integers.
+
+    >>> _exact_sum(np.array([0.1, 0.2, -0.3])) / (1 << _SUM_BITS) == (0.1 + 0.2 - 0.3)
+    False
+    >>> from fractions import Fraction
+    >>> Fraction(_exact_sum(np.array([0.1, 0.2, -0.3])), 1 << _SUM_BITS) == (
+    ...     Fraction(0.1) + Fraction(0.2) - Fraction(0.3))
+    True
+    """
     if x.size == 0:
         return 0
+    if x.size > _CHUNK:
+        return sum(_exact_sum(x[i : i + _CHUNK]) for i in range(0, x.size, _CHUNK))
     mantissa, exponent = np.frexp(x)
-    m = (mantissa * 2.0**53).astype(np.int64)  # exact: |m| < 2**53
-    high = m >> _SPLIT
-    low = m - (high << _SPLIT)
-    order = np.argsort(exponent, kind="stable")
-    e = exponent[order]
-    starts = np.flatnonzero(np.r_[True, e[1:] != e[:-1]])
-    highs = np.add.reduceat(high[order], starts).tolist()
-    lows = np.add.reduceat(low[order], starts).tolist()
+    m = mantissa * 2.0**53  # integer-valued, exact: |m| < 2**53
+    high = np.floor(m * 2.0**-_SPLIT)  # exact: a power-of-two scaling, then floor
+    low = m - high * 2.0**_SPLIT  # exact, in [0, 2**_SPLIT)
+    slot = exponent + _EXP_BIAS
+    highs = np.bincount(slot, weights=high)
+    lows = np.bincount(slot, weights=low)
+    used = np.flatnonzero((highs != 0.0) | (lows != 0.0))
     total = 0
-    for ex, h, lo in zip(e[starts].tolist(), highs, lows, strict=True):
-        total += ((h << _SPLIT) + lo) << (ex - 53 + _SUM_BITS)
+    for s, h, lo in zip(
+        used.tolist(),
+        highs[used].astype(np.int64).tolist(),
+        lows[used].astype(np.int64).tolist(),
+        strict=True,
+    ):
+        total += ((h << _SPLIT) + lo) << (s - _EXP_BIAS - 53 + _SUM_BITS)
     return total
 
 
@@ -150,6 +178,16 @@ def _fixed_to_float(total: int) -> float:
         return total / (1 << _SUM_BITS)  # int / int is correctly rounded
     except OverflowError:
         return math.inf if total > 0 else -math.inf
+
+
+_FLOAT: frozenset[type] = frozenset({float})
+_STR: frozenset[type] = frozenset({str})
+
+
+def _float_array(chunks: list[Iterable[Any]]) -> np.ndarray:
+    if len(chunks) == 1:
+        return np.asarray(chunks[0], dtype=np.float64)
+    return np.asarray(list(chain.from_iterable(chunks)), dtype=np.float64)
 
 
 @lru_cache(maxsize=64)
@@ -196,27 +234,39 @@ class _Stats:
         self.values: list[float] | None = []
 
     def add_numeric(self, x: np.ndarray, relative_accuracy: float, exact_max: int) -> None:
-        finite = x[np.isfinite(x)]
-        self.present += x.size
-        self.numeric += x.size
-        self.nonfinite += x.size - finite.size
+        n = x.size
+        self.present += n
+        self.numeric += n
+        if n == 0:
+            return
+        finite_mask = np.isfinite(x)
+        finite = x if finite_mask.all() else x[finite_mask]
+        self.nonfinite += n - finite.size
         if finite.size == 0:
             return
         self.sum_fixed += _exact_sum(finite)
         with np.errstate(over="ignore"):
             squares = finite * finite
         fits = np.isfinite(squares)
-        self.sq_inf |= not bool(fits.all())
-        self.sq_fixed += _exact_sum(squares[fits])
-        self.min = min(self.min, float(finite.min()))
-        self.max = max(self.max, float(finite.max()))
+        if not fits.all():
+            self.sq_inf = True
+            squares = squares[fits]
+        self.sq_fixed += _exact_sum(squares)
+        low, high = float(finite.min()), float(finite.max())
+        if low < self.min:
+            self.min = low
+        if high > self.max:
+            self.max = high
         index, count = np.unique(bucket_index(finite, relative_accuracy), return_counts=True)
+        sketch = self.sketch
+        get = sketch.get
         for i, c in zip(index.tolist(), count.tolist(), strict=True):
-            self.sketch[i] = self.sketch.get(i, 0) + c
+            sketch[i] = get(i, 0) + c
         if self.values is not None:
-            self.values.extend(finite.tolist())
-            if len(self.values) > exact_max:
+            if len(self.values) + finite.size > exact_max:
                 self.values = None
+            else:
+                self.values.extend(finite.tolist())
 
     def add_text(self, values: list[str], max_categories: int) -> None:
         self.present += len(values)
@@ -366,33 +416,71 @@ class FeatureWindow:
         return stats
 
     def update(self, features: Sequence[Mapping[str, Feature] | None]) -> None:
-        """Fold in a batch of events' feature mappings (``None``: the event had none)."""
-        numbers: dict[str, list[float]] = {}
-        texts: dict[str, list[str]] = {}
-        vectors: dict[tuple[str, int], list[np.ndarray]] = {}
+        """Fold in a batch of events' feature mappings (``None``: the event had none).
+
+        Events with the same feature names in the same order (the usual case: one producer)
+        are transposed into columns at C speed; a column of only floats or only strings goes
+        to numpy or a counter whole, any other column value by value.
+        """
+        shapes: dict[tuple[str, ...], list[Iterable[Feature]]] = {}
         for event in features:
-            if not event:
-                continue
-            for name, value in event.items():
-                if type(value) is float:  # the common case first: per-event work is the cost
-                    numbers.setdefault(name, []).append(value)
-                elif value is None:
-                    self._get(name)
-                elif isinstance(value, str):
-                    texts.setdefault(name, []).append(value)
-                elif isinstance(value, np.ndarray):
-                    vectors.setdefault((name, value.size), []).append(value)
+            if event:
+                names = tuple(event)
+                rows = shapes.get(names)
+                if rows is None:
+                    shapes[names] = [event.values()]
                 else:
-                    numbers.setdefault(name, []).append(value)
+                    rows.append(event.values())
         self.events += len(features)
-        arrays = {k: np.asarray(v, dtype=np.float64) for k, v in numbers.items()}
-        for (name, length), rows in vectors.items():
-            for derived, x in self._derive(name, length, rows):
+        numbers: dict[str, list[Iterable[Any]]] = {}
+        texts: dict[str, list[Iterable[str]]] = {}
+        vectors: dict[tuple[str, int], list[np.ndarray]] = {}
+        for names, rows in shapes.items():
+            for name, column in zip(names, zip(*rows, strict=True), strict=True):
+                kinds = set(map(type, column))
+                if kinds == _FLOAT:
+                    numbers.setdefault(name, []).append(column)
+                elif kinds == _STR:
+                    texts.setdefault(name, []).append(column)
+                else:
+                    self._add_mixed(name, column, numbers, texts, vectors)
+        arrays = {k: _float_array(v) for k, v in numbers.items()}
+        for (name, length), vrows in vectors.items():
+            for derived, x in self._derive(name, length, vrows):
                 arrays[derived] = np.concatenate([arrays[derived], x]) if derived in arrays else x
         for name, x in arrays.items():
             self._get(name).add_numeric(x, self.relative_accuracy, self.exact_max)
         for name, t in texts.items():
-            self._get(name).add_text(t, self.max_categories)
+            self._get(name).add_text(
+                list(t[0]) if len(t) == 1 else list(chain.from_iterable(t)), self.max_categories
+            )
+
+    def _add_mixed(
+        self,
+        name: str,
+        column: Iterable[Feature],
+        numbers: dict[str, list[Iterable[Any]]],
+        texts: dict[str, list[Iterable[str]]],
+        vectors: dict[tuple[str, int], list[np.ndarray]],
+    ) -> None:
+        """One column of mixed types, value by value."""
+        nums: list[Any] = []
+        strs: list[str] = []
+        for value in column:
+            if type(value) is float:
+                nums.append(value)
+            elif value is None:
+                self._get(name)
+            elif isinstance(value, str):
+                strs.append(value)
+            elif isinstance(value, np.ndarray):
+                vectors.setdefault((name, value.size), []).append(value)
+            else:
+                nums.append(value)
+        if nums:
+            numbers.setdefault(name, []).append(nums)
+        if strs:
+            texts.setdefault(name, []).append(strs)
 
     def _derive(
         self, name: str, length: int, rows: list[np.ndarray]

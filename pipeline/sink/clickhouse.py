@@ -27,11 +27,13 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
 
 def redact(dsn: str) -> str:
-    """The DSN with its password replaced, for logs and errors."""
-    parts = urlsplit(dsn)
-    if parts.password:
-        return dsn.replace(f":{parts.password}@", ":***@")
-    return dsn
+    """The DSN with everything between ``scheme://user:`` and the last ``@`` replaced, for
+    logs and errors (a password may hold '/', '?' or '#', which URL parsing stops at).
+
+    >>> redact("http://me:s3/cr?t@host:8123/db")
+    'http://me:***@host:8123/db'
+    """
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:).*@", r"\1***@", dsn, flags=re.I | re.S)
 
 
 class ClickHouseSink:
@@ -45,11 +47,25 @@ class ClickHouseSink:
         self.database = database
         self.window_ms = window_seconds * 1000
         self._lock = threading.Lock()
+        scheme = urlsplit(dsn).scheme
         try:
-            self._client = clickhouse_connect.get_client(dsn=dsn)
+            # The scheme decides TLS (clickhouse-connect would infer it from the port only).
+            interface = scheme if scheme in ("http", "https") else None
+            self._client = clickhouse_connect.get_client(dsn=dsn, interface=interface)
         except Exception as exc:
             raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {exc}") from None
         self._map_columns: dict[str, set[str]] = {}
+
+    def sibling(self, database: str) -> ClickHouseSink:
+        """The same connection writing to another database (a replay's result set), migrated.
+        chDB opens one engine per process, so result sets share it."""
+        if not _IDENTIFIER.match(database):
+            raise ValueError(f"database name must be a plain identifier, got {database!r}")
+        other = object.__new__(ClickHouseSink)
+        other.database, other.window_ms = database, self.window_ms
+        other._lock, other._client, other._map_columns = self._lock, self._client, {}
+        other.migrate()
+        return other
 
     def migrate(self) -> None:
         """Create the database, tables and views that do not exist yet (idempotent)."""
@@ -62,7 +78,6 @@ class ClickHouseSink:
             ]
             for statement in statements:
                 self._client.command(statement)
-            self._client.database = self.database  # unqualified names in queries resolve here
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows (dicts with the same keys) into ``table`` of the result database."""
@@ -82,6 +97,7 @@ class ClickHouseSink:
         """Run a query (after :meth:`migrate`, unqualified names are the result database's);
         values go in ``parameters`` ({name:Type} placeholders), never into the SQL text."""
         with self._lock:
+            self._client.database = self.database  # unqualified names resolve here
             result = self._client.query(sql, parameters=parameters)
         return list(result.column_names), list(result.result_rows)
 

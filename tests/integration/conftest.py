@@ -36,7 +36,7 @@ class Deployment:
         self.prefix = f"t{name}."
         self.group = f"g{name}"
         self.partitions = partitions
-        self.dsn = f"chdb://{root / 'chdb'}"
+        self.dsn = f"chdb://{self.root / 'chdb'}"
         settings = Settings.load(overrides={"topic_prefix": self.prefix, "partitions": partitions})
         asyncio.run(ensure_topics(self.bootstrap_servers, all_topics(settings)))
 

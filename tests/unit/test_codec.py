@@ -90,3 +90,74 @@ def test_iso_timestamps_with_a_zone_are_accepted() -> None:
         encode_event(dict(GOOD, ts="2023-11-14T22:13:20+00:00")), "prediction"
     ).events
     assert event.ts_ms == 1_700_000_000_000
+
+
+# --- the fast paths of the decoders decide exactly what the full checks decide ---------------
+
+# fmt: off
+_TRICKY: list[object] = [
+    None, True, False, 0, 1, -1, 2, 2**63, 0.0, -0.0, 0.5, 1.0, 1.5, -0.5, 1e300, 2.0**53,
+    float("nan"), float("inf"), -float("inf"), "", "0", "1", "x", "binary", "multiclass",
+    "regression", "x" * 128, "x" * 129, "y" * 256, "y" * 257, "a=b", [], [1.0], {}, {"k": "v"},
+    {"k": 1}, {"k": True}, {"k": 1.0}, {"": "v"}, {"k": "="}, {"b": "2", "a": "1"},
+    1_700_000_000, 1_700_000_000.25, 32503680000, 32503680000.0, "2026-01-01T00:00:00+00:00",
+]
+# fmt: on
+_PRED = {
+    "event_id": "e1",
+    "model": "m",
+    "model_version": "v1",
+    "ts": 1_700_000_000.5,
+    "task": "binary",
+    "prediction": "1",
+    "score": 0.25,
+    "probabilities": {"1": 0.25, "0": 0.75},
+    "features": {"a": 1.5, "b": "red", "c": None},
+    "segment": {"region": "eu"},
+    "latency_ms": 3.5,
+    "client_id": "c",
+}
+
+
+def _outcome(decode: object, obj: dict[str, object]) -> object:
+    """The decoded event's repr (arrays do not compare with ==), or the exception raised."""
+    try:
+        return ("ok", repr(decode(obj)))  # type: ignore[operator]
+    except Exception as exc:
+        return ("error", type(exc), str(exc))
+
+
+def _mutations(base: dict[str, object]) -> list[dict[str, object]]:
+    out = [dict(base)]
+    for field in [*base, "schema_version"]:
+        out.append({k: v for k, v in base.items() if k != field})
+        for value in _TRICKY:
+            out.append(dict(base, **{field: value}))
+    for field in ("probabilities", "features"):
+        for value in _TRICKY:
+            out.append(dict(base, **{field: {"1": value, "0": 0.5}}))
+            out.append(dict(base, **{field: {value if isinstance(value, str) else "k": 1.0}}))
+    return out
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "regression"])
+def test_prediction_fast_path_agrees_with_the_full_checks(task: str) -> None:
+    from schemas.events import _decode_prediction, _fast_prediction, decode_prediction
+
+    accepted = 0
+    for obj in _mutations(dict(_PRED, task=task)):
+        full = _outcome(_decode_prediction, obj)
+        fast = _fast_prediction(obj)
+        if fast is not None:
+            accepted += 1
+            assert full == ("ok", repr(fast)), obj
+        assert _outcome(decode_prediction, obj) == full, obj
+    assert accepted > (0 if task == "regression" else 50)
+
+
+def test_label_fast_path_agrees_with_the_full_checks() -> None:
+    from schemas.events import _decode_label, decode_label
+
+    base = {"event_id": "e1", "ts": 1_700_000_000.5, "label": "1", "model": "m"}
+    for obj in _mutations(base):
+        assert _outcome(decode_label, obj) == _outcome(_decode_label, obj), obj

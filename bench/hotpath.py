@@ -1,0 +1,228 @@
+"""``python -m bench.hotpath``: the compute worker's hot path in-process, without Kafka.
+
+Feeds the benchmark's seeded event set (``bench.events``), pre-encoded as envelopes and as
+single-event messages, through :meth:`pipeline.compute.ComputeRuntime.process` (decode,
+validate, join, windows, feature summaries, detectors) and its periodic ``flush`` (rows,
+checkpoints, acknowledgements), with an in-memory producer in place of Kafka. Prints the
+events per second of each phase and a digest of everything the runtime emitted: a change that
+must not alter results must leave the digest as it was.
+
+Flushes happen every ``--flush-events`` input events (not every second of wall time), so the
+emitted rows, and the digest, do not depend on the speed of the machine.
+
+```
+python -m bench.hotpath                        # 50 000 predictions, envelopes and single msgs
+python -m bench.hotpath --scales 1,5 --memory  # tracemalloc: what is live at the end, per scale
+python -m bench.hotpath --profile envelopes    # cProfile of one mode, top functions
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import hashlib
+import pstats
+import resource
+import time
+import tracemalloc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from faust.types import TP
+
+from bench.events import EventSetSpec, envelope_messages, from_spec, single_messages
+from pipeline.compute import ComputeRuntime
+from pipeline.settings import Settings
+from schemas.codec import decode_message
+from schemas.topics import Topics
+
+PARTITIONS = 4
+WINDOW_S = 10
+
+
+@dataclass(slots=True)
+class _Message:
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
+    tp: TP
+
+
+@dataclass(slots=True)
+class _Event:
+    message: _Message
+    acked: bool = False
+
+    def ack(self) -> None:
+        self.acked = True
+
+
+@dataclass(slots=True)
+class _Producer:
+    """Collects what the runtime sends; every send is acknowledged at once."""
+
+    digest: Any = field(default_factory=hashlib.sha256)
+    sent: int = 0
+    bytes: int = 0
+
+    async def send(self, topic: str, *, value: bytes, partition: int | None, **_: Any) -> Any:
+        self.digest.update(topic.encode() + b"\0" + value + b"\0")
+        self.sent += 1
+        self.bytes += len(value)
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+@dataclass(slots=True)
+class _App:
+    producer: _Producer
+
+
+def _settings(topics: Topics) -> Settings:
+    return Settings.load(
+        overrides={
+            "topic_prefix": topics.prefix,
+            "partitions": PARTITIONS,
+            "window_seconds": WINDOW_S,
+            "lateness_seconds": 2,
+            "label_ttl_seconds": WINDOW_S,
+        }
+    )
+
+
+def _messages(spec: EventSetSpec, topics: Topics, single: bool) -> list[_Event]:
+    make = single_messages if single else envelope_messages
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for topic, partition, _key, value, _n in make(from_spec(spec), topics, PARTITIONS):
+        assert partition is not None
+        offset = offsets.get((topic, partition), 0)
+        offsets[(topic, partition)] = offset + 1
+        tp = TP(topic, partition)
+        out.append(_Event(_Message(topic, partition, offset, value, tp)))
+    return out
+
+
+def _runtime(topics: Topics, app: _App) -> ComputeRuntime:
+    runtime = ComputeRuntime(app, _settings(topics), topics, run_id="hotpath")  # type: ignore[arg-type]
+    for topic in (topics.predictions, topics.labels):
+        for p in range(PARTITIONS):
+            runtime.restored.add(TP(topic, p))  # no checkpoint topic to read
+    return runtime
+
+
+async def _feed(runtime: ComputeRuntime, events: list[_Event], flush_events: int) -> None:
+    since = 0
+    for event in events:
+        await runtime.process(event)  # type: ignore[arg-type]
+        if runtime.events_in - since >= flush_events:
+            since = runtime.events_in
+            await runtime.flush()
+    await runtime.flush()
+
+
+def run_mode(
+    spec: EventSetSpec, single: bool, flush_events: int, memory: bool = False
+) -> dict[str, Any]:
+    """Decode-only and full-runtime rates of one message mode, and the digest of the output."""
+    topics = Topics("hotpath.")
+    events = _messages(spec, topics, single)
+    kinds = {topics.predictions: "prediction", topics.labels: "label"}
+    gc.collect()
+    started = time.perf_counter()
+    n = 0
+    for e in events:
+        n += len(decode_message(e.message.value, kinds[e.message.topic]).events)
+    decode_s = time.perf_counter() - started
+
+    app = _App(_Producer())
+    runtime = _runtime(topics, app)
+    if memory:
+        tracemalloc.start(10)
+    gc.collect()
+    started = time.perf_counter()
+    asyncio.run(_feed(runtime, events, flush_events))
+    total_s = time.perf_counter() - started
+    result: dict[str, Any] = {
+        "mode": "single" if single else "envelopes",
+        "messages": len(events),
+        "events": runtime.events_in,
+        "decode_events_per_s": n / decode_s,
+        "events_per_s": runtime.events_in / total_s,
+        "seconds": total_s,
+        "sent": app.producer.sent,
+        "sent_bytes": app.producer.bytes,
+        "digest": app.producer.digest.hexdigest()[:16],
+        "unacked": sum(len(q) for q in runtime.unacked.values()),
+        "open_windows": sum(s.open_windows() for s in runtime.states.values()),
+    }
+    if memory:
+        snapshot = tracemalloc.take_snapshot()
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        result["traced_current_mib"] = current / 2**20
+        result["traced_peak_mib"] = peak / 2**20
+        result["top"] = [
+            f"{s.size / 2**20:8.2f} MiB {s.count:8d}  {s.traceback[0]}"
+            for s in snapshot.statistics("lineno")[:8]
+        ]
+    del runtime, events
+    return result
+
+
+def _profile(fn: Callable[[], Any], top: int) -> None:
+    prof = cProfile.Profile()
+    prof.enable()
+    fn()
+    prof.disable()
+    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__)
+    ap.add_argument("--events", type=int, default=50_000, help="predictions at 1x")
+    ap.add_argument("--scales", default="1", help="multiples of --events, e.g. 1,5")
+    ap.add_argument(
+        "--modes", default="envelopes,single", help="envelopes and/or single (messages)"
+    )
+    ap.add_argument("--flush-events", type=int, default=10_000, help="input events per flush")
+    ap.add_argument("--memory", action="store_true", help="trace allocations (slower)")
+    ap.add_argument("--profile", choices=["envelopes", "single"], default=None)
+    ap.add_argument("--top", type=int, default=30, help="functions shown by --profile")
+    a = ap.parse_args(argv)
+    if a.profile:
+        spec = EventSetSpec(events=a.events, seed=1)
+        _profile(lambda: run_mode(spec, a.profile == "single", a.flush_events), a.top)
+        return 0
+    for scale in (int(s) for s in a.scales.split(",")):
+        spec = EventSetSpec(events=a.events * scale, seed=scale)
+        for mode in a.modes.split(","):
+            r = run_mode(spec, mode == "single", a.flush_events, a.memory)
+            print(
+                f"[{scale}x] {r['mode']:<9} {r['messages']:>7} msgs {r['events']:>8} events: "
+                f"decode {r['decode_events_per_s']:>9,.0f}/s, runtime {r['events_per_s']:>9,.0f}/s "
+                f"({r['seconds']:.2f} s); sent {r['sent']} msgs, "
+                f"{r['sent_bytes'] / 2**20:.1f} MiB; "
+                f"digest {r['digest']}; unacked {r['unacked']}, open windows {r['open_windows']}",
+                flush=True,
+            )
+            if a.memory:
+                print(
+                    f"      traced: current {r['traced_current_mib']:.1f} MiB, "
+                    f"peak {r['traced_peak_mib']:.1f} MiB"
+                )
+                for line in r["top"]:
+                    print("      " + line)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process: {rss:,.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,483 @@
+"""Replay: recompute results from historical topics or files, beside the live pipeline.
+
+A replay reads the input partitions directly (no consumer group, so the live workers'
+partitions and offsets are untouched), folds every message with the same
+:class:`~pipeline.partition.PartitionState` the live compute stage uses, and publishes the
+rows to the ``metrics`` topic, from where the live sink writes them — the only way into an
+embedded ClickHouse that the worker holds. Rows go to the live tables (they overwrite the
+replayed windows idempotently: same input, same rows and versions) or, with a result set
+name, to a database of their own (``<database>_<name>``) to compare with the live one.
+
+Every decision is driven by event time and the order within a partition, never by the wall
+clock, so the same input gives byte-identical rows whatever the batch size or the number of
+replay workers, and a month replays as fast as the machine reads it. Detectors start fresh at
+the start of the range: their firings match the live ones when the range starts at the
+beginning of the topics.
+
+``modelmon export`` writes the messages of a topic range to JSON Lines, one message per line
+with its partition and offset, so that a replay from the file reproduces the topics exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from pipeline.partition import PartitionState
+from pipeline.settings import Settings
+from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
+from schemas.codec import decode_message
+from schemas.rows import encode_bounded
+from schemas.topics import Topics, partition_for
+
+MAX_ROWS_MESSAGE_BYTES = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One input message: where it was, what kind it carries, its value."""
+
+    kind: str  # "prediction" or "label"
+    partition: int
+    offset: int
+    value: bytes
+
+
+@dataclass(slots=True)
+class Summary:
+    """What a replay read and wrote."""
+
+    messages: int = 0
+    events: int = 0
+    dead_letters: int = 0
+    windows: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+    partitions: list[int] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        rate = self.events / self.seconds if self.seconds else 0.0
+        return (
+            f"replayed {self.events} events ({self.messages} messages, partitions "
+            f"{self.partitions}) in {self.seconds:.1f}s ({rate:,.0f} events/s): "
+            f"{self.windows} windows, {self.rows} rows, {self.dead_letters} dead letters"
+        )
+
+
+# --- sources -------------------------------------------------------------------------------
+
+
+async def topic_messages(
+    settings: Settings,
+    partitions: Iterable[int],
+    start: dict[tuple[str, int], int] | None = None,
+    end: dict[tuple[str, int], int] | None = None,
+) -> AsyncIterator[Message]:
+    """The predictions and labels messages of ``partitions``, each partition in offset order,
+    from ``start`` (default: the beginning) up to ``end`` (default: what is there now)."""
+    topics = Topics(settings.topic_prefix)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=4 * max(settings.max_message_bytes, 1_048_576),
+        **settings.kafka_client_config(),
+    )
+    await consumer.start()
+    try:
+        kinds = {topics.predictions: "prediction", topics.labels: "label"}
+        tps = [TopicPartition(t, p) for t in kinds for p in partitions]
+        consumer.assign(tps)
+        for tp in tps:
+            offset = (start or {}).get((kinds[tp.topic], tp.partition))
+            if offset is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, offset)
+        limits = {tp: (end or {}).get((kinds[tp.topic], tp.partition)) for tp in tps}
+        open_tps = set(tps)
+        while open_tps:
+            batch = await consumer.getmany(*open_tps, timeout_ms=500)
+            for tp, records in batch.items():
+                for record in records:
+                    limit = limits[tp]
+                    if limit is not None and record.offset >= limit:
+                        open_tps.discard(tp)
+                        break
+                    yield Message(kinds[tp.topic], tp.partition, record.offset, record.value)
+            for tp in list(open_tps):
+                # The fetch's high watermark is right on every broker (end_offsets is not).
+                high = consumer.highwater(tp)
+                limit = limits[tp] if high is None else min(limits[tp] or high, high)
+                if limit is not None and await consumer.position(tp) >= limit:
+                    open_tps.discard(tp)
+    finally:
+        await consumer.stop()
+
+
+def file_messages(paths: Iterable[str | Path], partitions: int) -> Iterator[Message]:
+    """Messages from JSON Lines files: lines written by ``modelmon export`` keep their
+    partition and offset; any other line is one event object with a ``kind`` member
+    ("prediction" or "label"), given the partition of its ``event_id`` and the next offset."""
+    offsets: dict[tuple[str, int], int] = {}
+    for path in paths:
+        with open(path, "rb") as lines:
+            for line in lines:
+                if not line.strip():
+                    continue
+                obj = orjson.loads(line)
+                if "message" in obj and "offset" in obj:
+                    yield Message(
+                        obj["kind"], obj["partition"], obj["offset"], orjson.dumps(obj["message"])
+                    )
+                    continue
+                kind = obj.pop("kind")
+                partition = partition_for(str(obj.get("event_id", "")), partitions)
+                offset = offsets.get((kind, partition), 0)
+                offsets[(kind, partition)] = offset + 1
+                yield Message(kind, partition, offset, orjson.dumps(obj))
+
+
+async def offsets_for_time(
+    settings: Settings, partitions: Iterable[int], ts_ms: int
+) -> dict[tuple[str, int], int]:
+    """For each predictions/labels partition, the first offset whose message holds events at
+    or after ``ts_ms``, found by binary search over the events' own ``ts`` (brokers that keep
+    their own append time, not the producer's, answer offsets-for-times wrongly)."""
+    topics = Topics(settings.topic_prefix)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=4 * max(settings.max_message_bytes, 1_048_576),
+        **settings.kafka_client_config(),
+    )
+    await consumer.start()
+    out: dict[tuple[str, int], int] = {}
+    try:
+        for kind in ("prediction", "label"):
+            for p in partitions:
+                tp = TopicPartition(topics.for_kind(kind), p)
+                consumer.assign([tp])
+                lo = (await consumer.beginning_offsets([tp]))[tp]
+                hi = await _end_offset(consumer, tp)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    ts = await _first_ts_from(consumer, tp, mid, hi, kind, settings)
+                    if ts is not None and ts >= ts_ms:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                out[(kind, p)] = lo
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def _end_offset(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int:
+    """The next offset to be written, from a fetch's high watermark."""
+    await consumer.seek_to_end(tp)
+    await consumer.getmany(tp, timeout_ms=200)
+    high = consumer.highwater(tp)
+    return high if high is not None else await consumer.position(tp)
+
+
+async def _first_ts_from(
+    consumer: AIOKafkaConsumer,
+    tp: TopicPartition,
+    offset: int,
+    end: int,
+    kind: str,
+    settings: Settings,
+) -> int | None:
+    """The smallest event ts of the first decodable message at or after ``offset``."""
+    consumer.seek(tp, offset)
+    while await consumer.position(tp) < end:
+        records = (await consumer.getmany(tp, timeout_ms=2000, max_records=1)).get(tp, [])
+        if not records:
+            return None
+        events = decode_message(records[0].value, kind, settings.max_message_bytes).events
+        if events:
+            return min(e.ts_ms for e in events)
+    return None
+
+
+# --- the fold ------------------------------------------------------------------------------
+
+
+class Replayer:
+    """Folds messages per partition and turns the windows into rows for the sink."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        result_set: str = "",
+        flush_every: int = 1000,
+        time_range: tuple[int, int] | None = None,
+    ):
+        self.settings = settings
+        self.time_range = time_range
+        self.result_set = result_set
+        self.flush_every = flush_every
+        self.states: dict[int, PartitionState] = {}
+        self.summary = Summary()
+        self.pending = 0
+        self.dead: list[dict[str, Any]] = []
+
+    def fold(self, message: Message) -> list[bytes]:
+        """Fold one message; every ``flush_every`` messages, the rows of what changed."""
+        state = self.states.get(message.partition)
+        if state is None:
+            s = self.settings
+            state = self.states[message.partition] = PartitionState(
+                message.partition,
+                window_ms=s.window_seconds * 1000,
+                lateness_ms=s.lateness_seconds * 1000,
+                label_ttl_ms=s.label_ttl_seconds * 1000,
+                auc_bins=s.auc_bins,
+                detectors=s.detector_names,
+            )
+        decoded = decode_message(message.value, message.kind, self.settings.max_message_bytes)
+        topic = Topics(self.settings.topic_prefix).for_kind(message.kind)
+        for rejected in decoded.rejected:
+            self.dead.append(
+                {
+                    "source_topic": topic,
+                    "source_partition": message.partition,
+                    "source_offset": message.offset,
+                    "event_index": rejected.index,
+                    "reason": rejected.reason,
+                    "raw": rejected.raw[:DEAD_LETTER_RAW_BYTES],
+                    "raw_size": len(rejected.raw),
+                    "received_at": 0,
+                }
+            )
+        if self.time_range is not None:
+            decoded.events = [e for e in decoded.events if self._in_range(message.kind, e.ts_ms)]
+        if message.kind == "prediction":
+            state.add_predictions(message.offset, decoded.events)
+        else:
+            state.add_labels(message.offset, decoded.events)
+        self.summary.messages += 1
+        self.summary.events += len(decoded.events) + len(decoded.rejected)
+        self.summary.dead_letters += len(decoded.rejected)
+        self.pending += 1
+        return self.flush() if self.pending >= self.flush_every else []
+
+    def _in_range(self, kind: str, ts_ms: int) -> bool:
+        """Predictions in [start, end); labels until their predictions can no longer join."""
+        start, end = self.time_range  # type: ignore[misc]
+        if kind == "label":
+            end += (self.settings.window_seconds + self.settings.label_ttl_seconds) * 1000
+        return start <= ts_ms < end
+
+    def flush(self) -> list[bytes]:
+        """Rows (as metrics messages) of every window changed since the last flush."""
+        self.pending = 0
+        out: list[bytes] = []
+        for _, state in sorted(self.states.items()):
+            rows = state.flush()
+            self.summary.windows += len(rows.windows)
+            for table, batch in (
+                ("quality_partials", rows.windows),
+                ("quality_class_partials", rows.classes),
+                ("feature_partials", rows.features),
+                ("drift_detections_rows", rows.detections),
+            ):
+                self.summary.rows += len(batch)
+                out += encode_bounded(table, batch, MAX_ROWS_MESSAGE_BYTES, self.result_set)
+        out += encode_bounded(
+            "dead_letters_rows", self.dead, MAX_ROWS_MESSAGE_BYTES, self.result_set
+        )
+        self.dead = []
+        return out
+
+
+async def replay(
+    settings: Settings,
+    messages: AsyncIterator[Message] | Iterable[Message],
+    *,
+    result_set: str = "",
+    flush_every: int = 1000,
+    time_range: tuple[int, int] | None = None,
+    total: int | None = None,
+    progress: TextIO | None = sys.stderr,
+) -> Summary:
+    """Fold ``messages`` and publish the rows to the metrics topic; returns the summary.
+    ``time_range`` (epoch ms) keeps the events of that range; ``total`` (messages) enables
+    the progress line's ETA."""
+    replayer = Replayer(settings, result_set, flush_every, time_range)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_idempotence=False,
+        acks="all",
+        max_request_size=MAX_ROWS_MESSAGE_BYTES + 65_536,
+        **settings.kafka_client_config(),
+    )
+    metrics = Topics(settings.topic_prefix).metrics
+    started = time.monotonic()
+    await producer.start()
+    try:
+        acks: list[asyncio.Future[Any]] = []
+        last_report = 0.0
+        async for message in _aiter(messages):
+            for value in replayer.fold(message):
+                acks.append(await producer.send(metrics, value))
+            now = time.monotonic()
+            if progress is not None and now - last_report > 0.5:
+                _report(progress, replayer.summary, now - started, total)
+                last_report = now
+            if len(acks) > 1000:
+                await asyncio.gather(*acks)
+                acks = []
+        for value in replayer.flush():
+            acks.append(await producer.send(metrics, value))
+        await asyncio.gather(*acks)
+    finally:
+        await producer.stop()
+    summary = replayer.summary
+    summary.seconds = time.monotonic() - started
+    summary.partitions = sorted(replayer.states)
+    if progress is not None:
+        _report(progress, summary, summary.seconds, total)
+        progress.write("\n")
+    return summary
+
+
+async def _aiter(messages: AsyncIterator[Message] | Iterable[Message]) -> AsyncIterator[Message]:
+    if hasattr(messages, "__aiter__"):
+        async for m in messages:  # type: ignore[union-attr]
+            yield m
+    else:
+        for m in messages:  # type: ignore[union-attr]
+            yield m
+
+
+def _report(out: TextIO, s: Summary, elapsed: float, total: int | None) -> None:
+    rate = s.events / elapsed if elapsed > 0 else 0.0
+    line = f"\r{s.messages} messages, {s.events} events, {rate:,.0f} events/s"
+    if total:
+        done = min(s.messages / total, 1.0)
+        eta = elapsed / done - elapsed if done > 0 else float("nan")
+        bar = "#" * int(done * 30)
+        line = f"\r[{bar:<30}] {done:6.1%} " + line[1:] + f", ETA {eta:,.0f}s"
+    out.write(line)
+    out.flush()
+
+
+# --- export ---------------------------------------------------------------------------------
+
+
+async def export(
+    settings: Settings,
+    partitions: Iterable[int],
+    out: TextIO,
+    start: dict[tuple[str, int], int] | None = None,
+    end: dict[tuple[str, int], int] | None = None,
+) -> int:
+    """Write the messages of a topic range as JSON Lines (kind, partition, offset, message);
+    returns how many. Messages that are not JSON are written as a string of their bytes."""
+    count = 0
+    async for m in topic_messages(settings, partitions, start, end):
+        try:
+            message = orjson.loads(m.value)
+        except orjson.JSONDecodeError:
+            message = m.value.decode("utf-8", "replace")
+        out.write(
+            orjson.dumps(
+                {"kind": m.kind, "partition": m.partition, "offset": m.offset, "message": message}
+            ).decode()
+            + "\n"
+        )
+        count += 1
+    return count
+
+
+# --- running it ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to replay: files or the topics' partitions, and which part of them."""
+
+    partitions: tuple[int, ...]
+    files: tuple[str, ...] = ()
+    time_range: tuple[int, int] | None = None  # epoch ms, [start, end)
+    offsets: dict[tuple[str, int], tuple[int, int | None]] = field(default_factory=dict)
+    result_set: str = ""
+    flush_every: int = 1000
+
+
+async def locate(
+    settings: Settings, plan: Plan, partitions: tuple[int, ...]
+) -> tuple[dict[tuple[str, int], int], dict[tuple[str, int], int]]:
+    start = {k: v[0] for k, v in plan.offsets.items()}
+    end = {k: v[1] for k, v in plan.offsets.items() if v[1] is not None}
+    if plan.time_range is not None:
+        lo, hi = plan.time_range
+        extra = (settings.window_seconds + settings.label_ttl_seconds) * 1000
+        first = await offsets_for_time(settings, partitions, lo)
+        start |= {k: max(v - 1, 0) for k, v in first.items()}  # the one before may straddle
+        last = await offsets_for_time(settings, partitions, hi)
+        labels_last = await offsets_for_time(settings, partitions, hi + extra)
+        # Messages just before a boundary may hold events inside it: read one past it.
+        end |= {k: v + 1 for k, v in last.items() if k[0] == "prediction"}
+        end |= {k: v + 1 for k, v in labels_last.items() if k[0] == "label"}
+    return start, end
+
+
+async def _run(
+    settings: Settings, plan: Plan, partitions: tuple[int, ...], progress: TextIO | None
+) -> Summary:
+    if plan.files:
+        wanted = set(partitions)
+        messages: Iterable[Message] | AsyncIterator[Message] = (
+            m for m in file_messages(plan.files, settings.partitions) if m.partition in wanted
+        )
+        total = None
+    else:
+        start, end = await locate(settings, plan, partitions)
+        messages = topic_messages(settings, partitions, start, end)
+        total = None
+    return await replay(
+        settings,
+        messages,
+        result_set=plan.result_set,
+        flush_every=plan.flush_every,
+        time_range=plan.time_range,
+        total=total,
+        progress=progress,
+    )
+
+
+def _run_in_process(args: tuple[Settings, Plan, tuple[int, ...]]) -> Summary:
+    settings, plan, partitions = args
+    return asyncio.run(_run(settings, plan, partitions, None))
+
+
+def run(
+    settings: Settings, plan: Plan, workers: int = 1, progress: TextIO | None = sys.stderr
+) -> Summary:
+    """Replay ``plan`` with ``workers`` processes, each owning a share of the partitions."""
+    if workers <= 1:
+        return asyncio.run(_run(settings, plan, plan.partitions, progress))
+    import multiprocessing
+
+    shares = [plan.partitions[i::workers] for i in range(workers)]
+    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        parts = pool.map(_run_in_process, [(settings, plan, s) for s in shares if s])
+    total = Summary()
+    for part in parts:
+        for name in ("messages", "events", "dead_letters", "windows", "rows"):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+        total.seconds = max(total.seconds, part.seconds)
+        total.partitions += part.partitions
+    total.partitions.sort()
+    return total
