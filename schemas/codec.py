@@ -92,8 +92,19 @@ def decode_message(
                 raise SchemaError("event", f"expected a JSON object, got {type(item).__name__}")
             out.events.append(decode(item))
         except SchemaError as exc:
-            out.rejected.append(Rejected(i, str(exc), orjson.dumps(item)))
+            out.rejected.append(Rejected(i, str(exc), _item_bytes(item)))
     return out
+
+
+def _item_bytes(item: Any) -> bytes:
+    """A rejected envelope item as JSON; orjson writes at most 254 levels of nesting."""
+    try:
+        return orjson.dumps(item)
+    except TypeError:
+        try:
+            return json.dumps(item).encode()
+        except (TypeError, ValueError, RecursionError):
+            return repr(item).encode("utf-8", "backslashreplace")
 
 
 def _loads(raw: bytes) -> Any:
@@ -103,8 +114,12 @@ def _loads(raw: bytes) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            obj = json.loads(raw)
+            # What orjson cannot write back (lone surrogates, integers past 64 bits) would
+            # fail later, when rows are encoded: refuse it here.
+            orjson.dumps(obj)
+            return obj
+        except (ValueError, UnicodeDecodeError, RecursionError, TypeError):
             raise ValueError(str(exc)) from None
 
 

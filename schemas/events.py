@@ -233,7 +233,10 @@ def _features(value: Any, field: str = "features") -> dict[str, Feature]:
         else:
             # NaN/inf in a feature is a data-quality fact to measure, not a schema violation;
             # JSON cannot carry them, so they arrive only from non-standard encoders.
-            out[name] = float(v)
+            try:
+                out[name] = float(v)
+            except OverflowError:
+                raise SchemaError(f"{field}.{name}", "number out of range") from None
     return out
 
 

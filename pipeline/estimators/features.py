@@ -173,6 +173,78 @@ def _exact_sum(x: np.ndarray) -> int:
     return total
 
 
+def _exact_row_sums(m: np.ndarray) -> list[int]:
+    """:func:`_exact_sum` of each row of a 2-d array of finite values, in one pass."""
+    rows, n = m.shape
+    if n == 0 or n > _CHUNK:
+        return [_exact_sum(row) for row in m]
+    mantissa, exponent = np.frexp(m)
+    mm = mantissa * 2.0**53
+    high = np.floor(mm * 2.0**-_SPLIT)
+    low = mm - high * 2.0**_SPLIT
+    stride = 2 * _EXP_BIAS  # > every slot of one row
+    slot = (exponent + _EXP_BIAS) + (np.arange(rows, dtype=np.int64) * stride)[:, None]
+    highs = np.bincount(slot.ravel(), weights=high.ravel(), minlength=rows * stride)
+    lows = np.bincount(slot.ravel(), weights=low.ravel(), minlength=rows * stride)
+    used = np.flatnonzero((highs != 0.0) | (lows != 0.0))
+    totals = [0] * rows
+    for u, h, lo in zip(
+        used.tolist(),
+        highs[used].astype(np.int64).tolist(),
+        lows[used].astype(np.int64).tolist(),
+        strict=True,
+    ):
+        r, s = divmod(u, stride)
+        totals[r] += ((h << _SPLIT) + lo) << (s - _EXP_BIAS - 53 + _SUM_BITS)
+    return totals
+
+
+def _add_numeric_rows(
+    stats: list[_Stats], m: np.ndarray, relative_accuracy: float, exact_max: int
+) -> None:
+    """``stats[i].add_numeric(m[i])`` for every row, with one numpy pass over the matrix
+    when every value and square is finite (else row by row)."""
+    with np.errstate(over="ignore"):
+        squares = m * m
+    if not (np.isfinite(m).all() and np.isfinite(squares).all()):
+        for st, row in zip(stats, m, strict=True):
+            st.add_numeric(row, relative_accuracy, exact_max)
+        return
+    k, n = m.shape
+    sums = _exact_row_sums(m)
+    sq_sums = _exact_row_sums(squares)
+    lows = m.min(axis=1).tolist()
+    highs = m.max(axis=1).tolist()
+    index = np.sort(bucket_index(m, relative_accuracy), axis=1)
+    starts = np.ones((k, n), dtype=bool)
+    starts[:, 1:] = index[:, 1:] != index[:, :-1]
+    flat_starts = np.flatnonzero(starts)
+    counts = np.diff(np.r_[flat_starts, k * n]).tolist()
+    buckets = index.ravel()[flat_starts].tolist()
+    row_of = (flat_starts // n).tolist()
+    for i, st in enumerate(stats):
+        st.present += n
+        st.numeric += n
+        st.sum_fixed += sums[i]
+        st.sq_fixed += sq_sums[i]
+        if lows[i] < st.min:
+            st.min = lows[i]
+        if highs[i] > st.max:
+            st.max = highs[i]
+        if st.values is not None:
+            if len(st.values) + n > exact_max:
+                st.values = None
+            else:
+                st.values.extend(m[i].tolist())
+    sketch = stats[0].sketch
+    current = 0
+    for r, b, c in zip(row_of, buckets, counts, strict=True):
+        if r != current:
+            current = r
+            sketch = stats[r].sketch
+        sketch[b] = sketch.get(b, 0) + c
+
+
 def _fixed_to_float(total: int) -> float:
     try:
         return total / (1 << _SUM_BITS)  # int / int is correctly rounded
@@ -448,8 +520,22 @@ class FeatureWindow:
         for (name, length), vrows in vectors.items():
             for derived, x in self._derive(name, length, vrows):
                 arrays[derived] = np.concatenate([arrays[derived], x]) if derived in arrays else x
+        by_length: dict[int, list[str]] = {}
         for name, x in arrays.items():
-            self._get(name).add_numeric(x, self.relative_accuracy, self.exact_max)
+            by_length.setdefault(x.size, []).append(name)
+        for size, names in by_length.items():
+            if len(names) == 1 or size == 0:
+                for name in names:
+                    self._get(name).add_numeric(
+                        arrays[name], self.relative_accuracy, self.exact_max
+                    )
+            else:  # features present in the same events: one pass over them all
+                _add_numeric_rows(
+                    [self._get(name) for name in names],
+                    np.stack([arrays[name] for name in names]),
+                    self.relative_accuracy,
+                    self.exact_max,
+                )
         for name, t in texts.items():
             self._get(name).add_text(
                 list(t[0]) if len(t) == 1 else list(chain.from_iterable(t)), self.max_categories

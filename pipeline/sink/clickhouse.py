@@ -33,7 +33,21 @@ def redact(dsn: str) -> str:
     >>> redact("http://me:s3/cr?t@host:8123/db")
     'http://me:***@host:8123/db'
     """
-    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:).*@", r"\1***@", dsn, flags=re.I | re.S)
+    return re.sub(_CREDENTIALS, r"\1***@", dsn)
+
+
+def scrub(text: str, dsn: str) -> str:
+    """``text`` (e.g. an error from the client library) without the DSN's password."""
+    found = _CREDENTIALS.match(dsn)
+    password = found.group(2) if found else ""
+    # URL parsers cut a password at '/', '?', '#' or '@' and may quote the pieces.
+    for secret in sorted({password, *re.split(r"[/?#@]", password)}, key=len, reverse=True):
+        if len(secret) >= 3:
+            text = text.replace(secret, "***")
+    return text
+
+
+_CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)(.*)@", re.I | re.S)
 
 
 class ClickHouseSink:
@@ -53,7 +67,8 @@ class ClickHouseSink:
             interface = scheme if scheme in ("http", "https") else None
             self._client = clickhouse_connect.get_client(dsn=dsn, interface=interface)
         except Exception as exc:
-            raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {exc}") from None
+            reason = scrub(str(exc), dsn)
+            raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {reason}") from None
         self._map_columns: dict[str, set[str]] = {}
 
     def sibling(self, database: str) -> ClickHouseSink:

@@ -207,3 +207,26 @@ def test_bucket_relative_accuracy_and_order() -> None:
         assert np.all((abs(x) >= small * (1 - 1e-12)) & (abs(x) <= big * (1 + 1e-12)))
     with pytest.raises(ValueError):
         FeatureWindow(relative_accuracy=1.5)
+
+
+@pytest.mark.parametrize("special", [None, math.nan, math.inf, 1e200, 5e-324])
+def test_features_of_the_same_events_summed_together_equal_each_alone(special: Any) -> None:
+    """Features present in the same events are summarised in one pass over all of them; the
+    rows equal those of each feature summarised on its own, bit for bit."""
+    rng = np.random.default_rng(11)
+    data = {
+        f"f{i}": rng.standard_cauchy(300) * 10.0 ** float(rng.integers(-5, 5)) for i in range(6)
+    }
+    if special is not None:
+        data["f3"][7] = special
+    events = [{name: float(x[j]) for name, x in data.items()} for j in range(300)]
+    together = FeatureWindow(exact_max=500)
+    together.update(events[:120])
+    together.update(events[120:])
+    alone = FeatureWindow(exact_max=500)
+    for name, x in data.items():
+        alone.update_column(name, x[:120])
+        alone.update_column(name, x[120:])
+    alone.events = together.events
+    assert canonical(together.rows()) == canonical(alone.rows())
+    assert together.to_state() == alone.to_state()
