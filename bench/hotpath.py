@@ -146,6 +146,7 @@ def run_mode(
     if memory:
         tracemalloc.start(10)
     gc.collect()
+    rss_before = _reset_peak_rss()
     started = time.perf_counter()
     asyncio.run(_feed(runtime, events, flush_events))
     total_s = time.perf_counter() - started
@@ -161,6 +162,7 @@ def run_mode(
         "digest": app.producer.digest.hexdigest()[:16],
         "unacked": sum(len(q) for q in runtime.unacked.values()),
         "open_windows": sum(s.open_windows() for s in runtime.states.values()),
+        "rss_growth_mib": _status_mib("VmHWM") - rss_before,
     }
     if memory:
         snapshot = tracemalloc.take_snapshot()
@@ -174,6 +176,29 @@ def run_mode(
         ]
     del runtime, events
     return result
+
+
+def _status_mib(field: str) -> float:
+    """A ``/proc/self/status`` memory field in MiB (0 where there is no procfs)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _reset_peak_rss() -> float:
+    """Reset the process's peak RSS to its current RSS (Linux) and return that, so the peak
+    read later is the runtime's own growth over the input already in memory."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status_mib("VmRSS")
 
 
 def _profile(fn: Callable[[], Any], top: int) -> None:
@@ -209,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"decode {r['decode_events_per_s']:>9,.0f}/s, runtime {r['events_per_s']:>9,.0f}/s "
                 f"({r['seconds']:.2f} s); sent {r['sent']} msgs, "
                 f"{r['sent_bytes'] / 2**20:.1f} MiB; "
-                f"digest {r['digest']}; unacked {r['unacked']}, open windows {r['open_windows']}",
+                f"digest {r['digest']}; unacked {r['unacked']}, open windows {r['open_windows']}; "
+                f"peak RSS over the input held: +{r['rss_growth_mib']:.0f} MiB",
                 flush=True,
             )
             if a.memory:

@@ -93,6 +93,8 @@ class ComputeRuntime:
             label_ttl_ms=s.label_ttl_seconds * 1000,
             auc_bins=s.auc_bins,
             detectors=s.detector_names,
+            max_models=s.max_models,
+            max_segments=s.max_segments,
         )
 
     async def _restore(self, state: PartitionState, tp: TP, offset: int) -> None:

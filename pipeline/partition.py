@@ -36,6 +36,7 @@ from pipeline.windows import NEVER, Mark, Watermark
 from schemas.events import CLASSIFICATION_TASKS, Label, Prediction
 
 WindowKey = tuple[str, str, str, int]  # model, model_version, segment, window_start
+OVERFLOW_SEGMENT = "__overflow__"
 
 
 @dataclass(slots=True)
@@ -64,6 +65,7 @@ class _Bucket:
     windows: dict[WindowKey, _Window] = field(default_factory=dict)
     first_pred: Mark | None = None  # first prediction read into this bucket
     first_label: Mark | None = None  # first label read into this bucket or joined into its windows
+    segments: dict[str, set[str]] = field(default_factory=dict)  # by model: cardinality limits
     preds_closed: bool = False  # the label watermark passed end + ttl: no label can join any more
     labels_closed: bool = False  # the prediction watermark passed end + ttl
 
@@ -129,11 +131,15 @@ class PartitionState:
         label_ttl_ms: int,
         auc_bins: int,
         detectors: Sequence[str] = (),
+        max_models: int = 1000,
+        max_segments: int = 1000,
         pred_max_ts: int | None = None,
         label_max_ts: int | None = None,
     ) -> None:
         self.partition = partition
         self.window_ms = window_ms
+        self.max_models = max_models
+        self.max_segments = max_segments
         self.label_ttl_ms = label_ttl_ms
         self.auc_bins = auc_bins
         self.pred_wm = Watermark(lateness_ms)
@@ -180,11 +186,18 @@ class PartitionState:
             if first is None or offset < first.offset:
                 bucket.first_pred = mark
             key = (p.model, p.model_version, p.segment, start)
-            entry = _Pred(ts, key, p.task, p.prediction, _proba(p))
-            pred_index[event_id] = bucket.preds[event_id] = entry
             w = bucket.windows.get(key)
             if w is None:
-                w = bucket.windows[key] = self._new_window()
+                admitted = self._admit(bucket, key)
+                if admitted is None:
+                    counters["overflow_models"] += 1
+                    continue
+                key = admitted
+                w = bucket.windows.get(key)
+                if w is None:
+                    w = bucket.windows[key] = self._new_window()
+            entry = _Pred(ts, key, p.task, p.prediction, _proba(p))
+            pred_index[event_id] = bucket.preds[event_id] = entry
             w.preds.append(p)
             w.version += 1
             w.dirty = True
@@ -251,6 +264,24 @@ class PartitionState:
         wm.max_ts = max_ts
         self._fold(pairs, mark)
         self.next_label = Mark(offset + 1, max_ts)
+
+    def _admit(self, bucket: _Bucket, key: WindowKey) -> WindowKey | None:
+        """Bound a window start's cardinality: a model past ``max_models`` is not folded (and
+        is counted), a segment past ``max_segments`` of its model is folded into the
+        ``__overflow__`` segment (and counted). Per window start, so memory stays bounded and
+        the decision depends on the events of that window only."""
+        model, version, segment, start = key
+        segments = bucket.segments.get(model)
+        if segments is None:
+            if len(bucket.segments) >= self.max_models:
+                return None
+            segments = bucket.segments[model] = set()
+        if segment not in segments:
+            if len(segments) >= self.max_segments:
+                self.counters["overflow_segments"] += 1
+                return (model, version, OVERFLOW_SEGMENT, start)
+            segments.add(segment)
+        return key
 
     def _joinable(self, pred_ts: int, label_ts: int) -> bool:
         window_ms = self.window_ms

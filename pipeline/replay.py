@@ -243,6 +243,8 @@ class Replayer:
                 label_ttl_ms=s.label_ttl_seconds * 1000,
                 auc_bins=s.auc_bins,
                 detectors=s.detector_names,
+                max_models=s.max_models,
+                max_segments=s.max_segments,
             )
         decoded = decode_message(message.value, message.kind, self.settings.max_message_bytes)
         topic = Topics(self.settings.topic_prefix).for_kind(message.kind)

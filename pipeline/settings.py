@@ -69,6 +69,12 @@ class Settings:
         " wasserstein_normalised); every statistic is reported either way",
     )
     drift_min_count: int = _setting(100, "windows with fewer values of a feature are not flagged")
+    max_models: int = _setting(
+        1000, "models per window and partition; predictions of more are counted, not folded"
+    )
+    max_segments: int = _setting(
+        1000, "segments per model and window; more are folded into segment __overflow__"
+    )
     flush_interval_seconds: float = _setting(1.0, "how often changed windows are emitted")
     max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
     sink_batch_messages: int = _setting(100, "metrics messages per ClickHouse insert, at most")
@@ -111,7 +117,14 @@ class Settings:
             raise ValueError(
                 f"clickhouse_database: not a plain identifier: {self.clickhouse_database!r}"
             )
-        for name in ("partitions", "window_seconds", "auc_bins", "sink_batch_messages"):
+        for name in (
+            "partitions",
+            "window_seconds",
+            "auc_bins",
+            "sink_batch_messages",
+            "max_models",
+            "max_segments",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
         from pipeline.estimators.detectors import DETECTORS

@@ -3,8 +3,8 @@
 Alerting consumers read the same messages the sink writes to ClickHouse. Times are epoch
 milliseconds; ``version`` grows with the input folded into a row, so the highest wins.
 
->>> decode_rows(encode_rows("quality_partials", [{"model": "m", "version": 3}]))
-RowBatch(table='quality_partials', rows=[{'model': 'm', 'version': 3}])
+>>> decode_rows(encode_rows("quality_partials", [{"model": "m", "version": 3}], "fix1"))
+RowBatch(table='quality_partials', rows=[{'model': 'm', 'version': 3}], result_set='fix1')
 """
 
 from __future__ import annotations

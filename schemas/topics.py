@@ -18,6 +18,12 @@ from dataclasses import dataclass
 from aiokafka.partitioner import murmur2
 
 KINDS = ("prediction", "label", "interaction", "training")
+_KIND_OF_NAME = {
+    "predictions": "prediction",
+    "labels": "label",
+    "interactions": "interaction",
+    "training": "training",
+}
 
 
 def partition_for(event_id: str, partitions: int) -> int:
@@ -75,7 +81,8 @@ class Topics:
 
     def kind_of(self, topic: str) -> str:
         """The event kind carried by an input topic."""
-        for kind in KINDS:
-            if self.for_kind(kind) == topic:
+        if topic.startswith(self.prefix):
+            kind = _KIND_OF_NAME.get(topic[len(self.prefix) :])
+            if kind is not None:
                 return kind
         raise KeyError(f"{topic!r} is not an input topic under prefix {self.prefix!r}")

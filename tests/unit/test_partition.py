@@ -216,3 +216,25 @@ def test_restart_from_checkpoint_gives_the_rows_of_an_undisturbed_run(
     )
     emitted += run(second, rest)
     assert final_rows(emitted) == undisturbed
+
+
+def test_cardinality_is_bounded_per_window_and_the_overflow_counted() -> None:
+    s = PartitionState(
+        0,
+        window_ms=WINDOW,
+        lateness_ms=10_000,
+        label_ttl_ms=TTL,
+        auc_bins=10,
+        max_models=2,
+        max_segments=2,
+    )
+    preds = [
+        Prediction(f"e{i}", model, "v", 1_000, "binary", "1", segment=segment)
+        for i, (model, segment) in enumerate(
+            [("a", "s1"), ("a", "s2"), ("a", "s3"), ("a", "s4"), ("b", "s1"), ("c", "s1")]
+        )
+    ]
+    s.add_predictions(0, preds)
+    got = {(r["model"], r["segment"]): r["predictions"] for r in s.flush().windows}
+    assert got == {("a", "s1"): 1, ("a", "s2"): 1, ("a", "__overflow__"): 2, ("b", "s1"): 1}
+    assert (s.counters["overflow_segments"], s.counters["overflow_models"]) == (2, 1)
