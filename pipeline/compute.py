@@ -68,7 +68,9 @@ class ComputeRuntime:
         self.seen_input = True
         state = self.states.get(tp.partition)
         if state is None:
-            state = self.states[tp.partition] = self._new_state(tp.partition)
+            state = self.states[tp.partition] = PartitionState.from_settings(
+                tp.partition, self.settings
+            )
         if tp not in self.restored:
             await self._restore(state, tp, message.offset)
         kind = self.topics.kind_of(tp.topic)
@@ -83,19 +85,6 @@ class ComputeRuntime:
         else:
             state.add_labels(message.offset, decoded.events)
         self.unacked.setdefault(tp, deque()).append(event)
-
-    def _new_state(self, partition: int) -> PartitionState:
-        s = self.settings
-        return PartitionState(
-            partition,
-            window_ms=s.window_seconds * 1000,
-            lateness_ms=s.lateness_seconds * 1000,
-            label_ttl_ms=s.label_ttl_seconds * 1000,
-            auc_bins=s.auc_bins,
-            detectors=s.detector_names,
-            max_models=s.max_models,
-            max_segments=s.max_segments,
-        )
 
     async def _restore(self, state: PartitionState, tp: TP, offset: int) -> None:
         """Set the topic's watermark to the one it had at ``offset`` (where Faust resumed)."""

@@ -32,6 +32,7 @@ from typing import Any
 from pipeline.detection import DetectorStreams
 from pipeline.estimators.classification import ClassificationWindow
 from pipeline.estimators.features import FeatureWindow
+from pipeline.settings import Settings
 from pipeline.windows import NEVER, Mark, Watermark
 from schemas.events import CLASSIFICATION_TASKS, Label, Prediction
 
@@ -155,6 +156,20 @@ class PartitionState:
         self.next_pred: Mark | None = None  # the next prediction offset to read, with its watermark
         self.next_label: Mark | None = None
         self.detectors = DetectorStreams(detectors)
+
+    @classmethod
+    def from_settings(cls, partition: int, settings: Settings) -> PartitionState:
+        """The state of one partition as the compute stage and replays configure it."""
+        return cls(
+            partition,
+            window_ms=settings.window_seconds * 1000,
+            lateness_ms=settings.lateness_seconds * 1000,
+            label_ttl_ms=settings.label_ttl_seconds * 1000,
+            auc_bins=settings.auc_bins,
+            detectors=settings.detector_names,
+            max_models=settings.max_models,
+            max_segments=settings.max_segments,
+        )
 
     # --- input ----------------------------------------------------------------------------
 

@@ -235,16 +235,8 @@ class Replayer:
         """Fold one message; every ``flush_every`` messages, the rows of what changed."""
         state = self.states.get(message.partition)
         if state is None:
-            s = self.settings
-            state = self.states[message.partition] = PartitionState(
-                message.partition,
-                window_ms=s.window_seconds * 1000,
-                lateness_ms=s.lateness_seconds * 1000,
-                label_ttl_ms=s.label_ttl_seconds * 1000,
-                auc_bins=s.auc_bins,
-                detectors=s.detector_names,
-                max_models=s.max_models,
-                max_segments=s.max_segments,
+            state = self.states[message.partition] = PartitionState.from_settings(
+                message.partition, self.settings
             )
         decoded = decode_message(message.value, message.kind, self.settings.max_message_bytes)
         topic = Topics(self.settings.topic_prefix).for_kind(message.kind)
