@@ -430,16 +430,17 @@ async def locate(
 async def _run(
     settings: Settings, plan: Plan, partitions: tuple[int, ...], progress: TextIO | None
 ) -> Summary:
+    total: int | None
     if plan.files:
         wanted = set(partitions)
         messages: Iterable[Message] | AsyncIterator[Message] = (
             m for m in file_messages(plan.files, settings.partitions) if m.partition in wanted
         )
-        total = None
+        total = None if progress is None else _lines(plan.files)
     else:
         start, end = await locate(settings, plan, partitions)
         messages = topic_messages(settings, partitions, start, end)
-        total = None
+        total = None if progress is None else await _range_size(settings, partitions, start, end)
     return await replay(
         settings,
         messages,
@@ -449,6 +450,42 @@ async def _run(
         total=total,
         progress=progress,
     )
+
+
+def _lines(paths: Iterable[str]) -> int:
+    count = 0
+    for path in paths:
+        with open(path, "rb") as lines:
+            count += sum(1 for line in lines if line.strip())
+    return count
+
+
+async def _range_size(
+    settings: Settings,
+    partitions: Iterable[int],
+    start: dict[tuple[str, int], int],
+    end: dict[tuple[str, int], int],
+) -> int:
+    """Messages in the range (for the progress line's ETA)."""
+    topics = Topics(settings.topic_prefix)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers,
+        enable_auto_commit=False,
+        **settings.kafka_client_config(),
+    )
+    await consumer.start()
+    try:
+        size = 0
+        for kind in ("prediction", "label"):
+            for p in partitions:
+                tp = TopicPartition(topics.for_kind(kind), p)
+                consumer.assign([tp])
+                first = start.get((kind, p), (await consumer.beginning_offsets([tp]))[tp])
+                last = min(end.get((kind, p), 2**63), await _end_offset(consumer, tp))
+                size += max(last - first, 0)
+        return size
+    finally:
+        await consumer.stop()
 
 
 def _run_in_process(args: tuple[Settings, Plan, tuple[int, ...]]) -> Summary:

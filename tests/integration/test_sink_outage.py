@@ -59,42 +59,50 @@ def test_sink_outage_loses_nothing_and_commits_nothing(deployment: Any) -> None:
         [sys.executable, "-c", HOLDER, outage.dsn], stdout=subprocess.PIPE, text=True
     )
     log = outage.root / "worker.log"
-    workers = []
+    workers: list[subprocess.Popen[bytes]] = []
     try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
-        with open(log, "ab") as out:
-            for role in ("sink", "compute"):
-                settings = outage.settings(role=role, idle_exit_seconds=3, **SHORT)
-                workers.append(
-                    subprocess.Popen(worker_command(settings), stdout=out, stderr=subprocess.STDOUT)
-                )
-        sink, compute = workers
-        # Events trickle in during the outage, and every flush re-emits the windows they
-        # change: the result backlog in Kafka grows well past the sink's buffer.
-        producer = threading.Thread(target=lambda: asyncio.run(send(outage, events, 0.05)))
-        producer.start()
-        while "ClickHouse write failed" not in log.read_text():
-            time.sleep(0.2)
-        rss = []  # from the sink's first failed write on: its engine and app are loaded
-        while compute.poll() is None:  # the compute stage emits every row meanwhile
-            rss.append(rss_kb(sink.pid))
-            time.sleep(0.5)
-        assert compute.returncode == 0
-        producer.join()
-        for _ in range(6):
-            rss.append(rss_kb(sink.pid))
-            time.sleep(0.5)
-        committed = asyncio.run(outage.committed("metrics", "deadletter", group_suffix=".sink"))
-        assert all(offset is None for offset in committed.values()), committed
-        # The sink holds a bounded buffer (at most 128 messages), then stops fetching: its
-        # memory stays flat while the compute stage leaves the backlog in Kafka.
-        backlog_mb = asyncio.run(outage.topic_bytes("metrics")) / 2**20
-        growth_mb = (max(rss) - rss[0]) / 1024
-        assert growth_mb < 16, (growth_mb, backlog_mb, rss)
+        try:
+            assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
+            with open(log, "ab") as out:
+                for role in ("sink", "compute"):
+                    settings = outage.settings(role=role, idle_exit_seconds=3, **SHORT)
+                    workers.append(
+                        subprocess.Popen(
+                            worker_command(settings), stdout=out, stderr=subprocess.STDOUT
+                        )
+                    )
+            sink, compute = workers
+            # Events trickle in during the outage, and every flush re-emits the windows they
+            # change: the result backlog in Kafka grows well past the sink's buffer.
+            producer = threading.Thread(target=lambda: asyncio.run(send(outage, events, 0.05)))
+            producer.start()
+            while "ClickHouse write failed" not in log.read_text():
+                time.sleep(0.2)
+            rss = []  # from the sink's first failed write on: its engine and app are loaded
+            while compute.poll() is None:  # the compute stage emits every row meanwhile
+                rss.append(rss_kb(sink.pid))
+                time.sleep(0.5)
+            assert compute.returncode == 0
+            producer.join()
+            for _ in range(6):
+                rss.append(rss_kb(sink.pid))
+                time.sleep(0.5)
+            committed = asyncio.run(outage.committed("metrics", "deadletter", group_suffix=".sink"))
+            assert all(offset is None for offset in committed.values()), committed
+            # The sink holds a bounded buffer (at most 128 messages), then stops fetching: its
+            # memory stays flat while the compute stage leaves the backlog in Kafka.
+            backlog_mb = asyncio.run(outage.topic_bytes("metrics")) / 2**20
+            growth_mb = (max(rss) - rss[0]) / 1024
+            assert growth_mb < 16, (growth_mb, backlog_mb, rss)
+        finally:
+            holder.kill()
+            holder.wait()
+        assert sink.wait(timeout=180) == 0
     finally:
-        holder.kill()
-        holder.wait()
-    assert sink.wait(timeout=180) == 0
+        for proc in workers:  # a failed assertion must not leave workers behind
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     assert "ClickHouse writes work again" in log.read_text()
 
     got = outage.query("SELECT * EXCEPT inserted_at FROM quality_windows ORDER BY ALL")
