@@ -18,6 +18,7 @@ import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,11 @@ class Settings:
     )
     drift_previous_windows: int = _setting(
         5, "without a profile (or for features it lacks): compare with this many windows before"
+    )
+    drift_reference_range: str = _setting(
+        "",
+        "a fixed past event-time range as the reference instead of the previous windows:"
+        " START/END, each epoch seconds or ISO-8601 with a zone",
     )
     drift_correction: str = _setting(
         "bh", "multiple-testing correction of drift p-values: bh, bonferroni or none"
@@ -137,6 +143,7 @@ class Settings:
         effects = {m.name for m in METHODS.values() if m.kind == "effect" and m.threshold}
         if not set(self.drift_deciders) <= effects:
             raise ValueError(f"drift_decide_by: expected some of {sorted(effects)}")
+        self.drift_reference_range_ms  # noqa: B018 - validates the range
         if self.drift_correction not in ("bh", "bonferroni", "none"):
             raise ValueError(
                 f"drift_correction: expected bh, bonferroni or none, got {self.drift_correction!r}"
@@ -170,6 +177,21 @@ class Settings:
         return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
 
     @property
+    def drift_reference_range_ms(self) -> tuple[int, int] | None:
+        """``drift_reference_range`` as epoch milliseconds [start, end), or None."""
+        if not self.drift_reference_range:
+            return None
+        try:
+            start, end = (_epoch_ms(t) for t in self.drift_reference_range.split("/"))
+        except ValueError:
+            raise ValueError(
+                f"drift_reference_range: expected START/END, got {self.drift_reference_range!r}"
+            ) from None
+        if start >= end:
+            raise ValueError("drift_reference_range: START must be before END")
+        return start, end
+
+    @property
     def drift_deciders(self) -> tuple[str, ...]:
         return tuple(n.strip() for n in self.drift_decide_by.split(",") if n.strip())
 
@@ -200,6 +222,17 @@ class Settings:
     def docs() -> list[tuple[str, Any, str]]:
         """(name, default, doc) of every setting, for ``--help`` and the README."""
         return [(f.name, f.default, f.metadata["doc"]) for f in fields(Settings)]
+
+
+def _epoch_ms(text: str) -> int:
+    """Epoch seconds or an ISO-8601 time with a zone, as epoch milliseconds."""
+    try:
+        return round(float(text) * 1000)
+    except ValueError:
+        parsed = datetime.fromisoformat(text.strip())
+        if parsed.tzinfo is None:
+            raise ValueError(f"{text!r} needs a zone") from None
+        return round(parsed.timestamp() * 1000)
 
 
 def _coerce(cls: type[Settings], name: str, value: Any) -> Any:

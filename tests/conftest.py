@@ -8,6 +8,7 @@ started by integration tests own their own chDB paths and are read through ``mod
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,9 +22,15 @@ def broker() -> Iterator[EmbeddedBroker]:
 
 
 @pytest.fixture(scope="session")
-def chdb(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def chdb_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one chDB path of this test process."""
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture(scope="session")
+def chdb(chdb_path: Path):  # type: ignore[no-untyped-def]
     import clickhouse_connect
 
-    client = clickhouse_connect.get_client(dsn=f"chdb://{tmp_path_factory.mktemp('chdb')}")
+    client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}")
     yield client
     client.close()

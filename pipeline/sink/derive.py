@@ -9,7 +9,8 @@ it only grows as partials are completed, so the row computed from the complete w
 whichever sink computed it and in whatever order partials arrived.
 
 The reference of a feature is the uploaded profile ``drift_profile`` of the model and
-version when it has that feature, else the ``drift_previous_windows`` windows before the
+version when it has that feature; else the windows of the fixed range
+``drift_reference_range`` when one is set, or the ``drift_previous_windows`` windows before the
 window (same model, version and segment) — never the window itself. A newly uploaded profile
 re-derives every stored window of its model and version; the new rows replace the old ones
 (same key and version: the last inserted wins).
@@ -47,6 +48,7 @@ class Deriver:
         self.sink = sink
         self.settings = settings
         self.window_ms = settings.window_seconds * 1000
+        self.reference_range = settings.drift_reference_range_ms
         # Effect sizes not chosen to decide are reported without a threshold.
         self.thresholds: dict[str, float | None] = {
             m.name: None
@@ -111,16 +113,27 @@ class Deriver:
             )
         }
         profile = self._profile(model, version)
+        range_rows = self._range_rows(model, version) if self.reference_range else {}
         out: dict[str, list[Row]] = {"drift": [], "data_quality": []}
         for segment, ws in sorted(windows):
             rows = by_window.get((segment, ws), [])
             if not rows:
                 continue
-            previous = [
-                r
-                for k in range(1, self.settings.drift_previous_windows + 1)
-                for r in by_window.get((segment, ws - k * self.window_ms), [])
-            ]
+            if self.reference_range is None:
+                baseline = f"previous:{self.settings.drift_previous_windows}"
+                previous = [
+                    r
+                    for k in range(1, self.settings.drift_previous_windows + 1)
+                    for r in by_window.get((segment, ws - k * self.window_ms), [])
+                ]
+            else:
+                baseline = f"range:{self.settings.drift_reference_range}"
+                previous = [
+                    r
+                    for (seg, start), rs in range_rows.items()
+                    if seg == segment and start != ws  # never the window itself
+                    for r in rs
+                ]
             key = {
                 "model": model,
                 "model_version": version,
@@ -129,25 +142,29 @@ class Deriver:
                 "window_end": ws + self.window_ms,
                 "version": sum({r["partition"]: r["version"] for r in rows}.values()),
             }
-            drift, quality = self._window(rows, previous, profile, events.get((segment, ws), 0))
+            drift, quality = self._window(
+                rows, (baseline, previous), profile, events.get((segment, ws), 0)
+            )
             out["drift"] += [key | r for r in drift]
             out["data_quality"] += [key | r for r in quality]
         return out
 
     def _window(
-        self, rows: list[Row], previous: list[Row], profile: Mapping[str, Summary], events: int
+        self,
+        rows: list[Row],
+        baseline: tuple[str, list[Row]],
+        profile: Mapping[str, Summary],
+        events: int,
     ) -> tuple[list[Row], list[Row]]:
         window = _summaries(rows)
-        rolling = _summaries(previous)
+        baseline_name, baseline_rows = baseline
+        rolling = _summaries(baseline_rows)
         references: dict[str, tuple[str, Summary]] = {}
         for feature in window:
             if feature in profile:
                 references[feature] = (f"profile:{self.settings.drift_profile}", profile[feature])
             elif feature in rolling:
-                references[feature] = (
-                    f"previous:{self.settings.drift_previous_windows}",
-                    rolling[feature],
-                )
+                references[feature] = (baseline_name, rolling[feature])
         results = {f: compare(window[f], ref) for f, (_, ref) in references.items()}
         decisions = decide(
             results,
@@ -211,6 +228,22 @@ class Deriver:
     def _threshold(self, method: str) -> float | None:
         """The method's threshold; None when it does not decide."""
         return self.thresholds.get(method, METHODS[method].threshold)
+
+    def _range_rows(self, model: str, version: str) -> dict[tuple[str, int], list[Row]]:
+        """Partials of the fixed reference range, by (segment, window start)."""
+        assert self.reference_range is not None
+        lo, hi = self.reference_range
+        out: dict[tuple[str, int], list[Row]] = defaultdict(list)
+        for r in self._rows(
+            f"SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, {SUMMARY_COLUMNS} "
+            "FROM feature_partials FINAL WHERE model = {model:String} "
+            "AND model_version = {version:String} "
+            "AND window_start >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+            "AND window_start < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
+            {"model": model, "version": version, "lo": lo, "hi": hi},
+        ):
+            out[(r["segment"], r["ws"])].append(r)
+        return out
 
     def _profile(self, model: str, version: str) -> dict[str, Summary]:
         rows = self._rows(

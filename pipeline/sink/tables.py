@@ -31,6 +31,13 @@ def ddl(db: str, window_ms: int) -> list[str]:
         ) ENGINE = ReplacingMergeTree(version)
         ORDER BY (stage, run_id, partition, counter)""",
         f"CREATE OR REPLACE VIEW {db}.dead_letters AS SELECT * FROM {db}.dead_letters_rows FINAL",
+        # Schema violations over time: dead letters per input topic and window of arrival.
+        f"""CREATE OR REPLACE VIEW {db}.schema_violations AS
+        SELECT source_topic,
+               toStartOfInterval(received_at, toIntervalMillisecond({window_ms})) AS window_start,
+               count() AS dead_letters, uniqExact(reason) AS reasons, any(reason) AS example
+        FROM {db}.dead_letters_rows FINAL
+        GROUP BY source_topic, window_start""",
         # A model whose feed stops still has a row per window (0 predictions), not a gap.
         f"""CREATE OR REPLACE VIEW {db}.model_activity AS
         SELECT model, model_version, window_start, sum(predictions) AS predictions
