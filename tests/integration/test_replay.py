@@ -104,7 +104,9 @@ def test_replays_equal_live_rows_and_leave_live_alone(deployment: Any, tmp_path:
         modelmon(d, "replay", "--result-set=file", f"--file={archive}")
     finally:
         assert worker.wait(timeout=240) == 0
-    d.run_worker(**WORKER)  # sinks what the replays published after that worker stopped
+    # Sink what the replays published after that worker stopped (a longer quiet period than
+    # the other runs: several result sets arrive in one backlog).
+    d.run_worker(**WORKER, idle_exit_seconds=8)
     after = asyncio.run(d.committed("predictions", "labels"))
     assert after == {k: v for k, v in before.items() if k[0] != "metrics"}
 

@@ -130,10 +130,15 @@ def test_restore_continues_exactly(name: str, params: dict[str, Any]) -> None:
 
 def test_kswin_without_seed_is_repeatable() -> None:
     x = drifting_stream(5, 800)
-    d = Detector("kswin")
-    assert isinstance(d.params["seed"], int)
-    firings = d.update(x)
-    assert len(firings) > 1  # KSWIN re-creates its generator from the seed after each firing
+    # KSWIN re-creates its generator from the seed after each firing, so a run that fires
+    # twice or more shows the drawn seed is what is reused. Most drawn seeds do.
+    for _ in range(20):
+        d = Detector("kswin")
+        assert isinstance(d.params["seed"], int)
+        firings = d.update(x)
+        if len(firings) > 1:
+            break
+    assert len(firings) > 1
     assert Detector("kswin", seed=d.params["seed"]).update(x) == firings
 
 
