@@ -88,13 +88,24 @@ def _register_idle_exit(
     """Stop the worker (as SIGTERM would) once input has been seen, nothing has arrived for
     ``seconds`` and nothing is left unwritten: the demo's and the tests' way to finish."""
 
+    runtimes = [r for r in (compute, sink) if r is not None]
+
+    def caught_up() -> bool:
+        """Every assigned partition was processed up to the broker's high watermark."""
+        done = {tp: o for r in runtimes for tp, o in r.last_offsets.items()}
+        for tp in app.consumer.assignment():
+            high = app.consumer.highwater(tp)
+            if high and done.get(tp, -1) + 1 < high:
+                return False
+        return True
+
     @app.timer(min(1.0, seconds / 2), name="modelmon.idle_exit")
     async def idle_exit() -> None:
         now = time.monotonic()
-        quiet = [now - r.last_input >= seconds for r in (compute, sink) if r is not None]
-        started = all(r.seen_input for r in (compute, sink) if r is not None)
+        quiet = all(now - r.last_input >= seconds for r in runtimes)
+        started = all(r.seen_input for r in runtimes)
         busy = sink is not None and sink.busy
-        if started and all(quiet) and not busy and (compute is None or compute.idle()):
+        if started and quiet and not busy and (compute is None or compute.idle()) and caught_up():
             log.info("no input for %.0fs and nothing unwritten: stopping", seconds)
             os.kill(os.getpid(), signal.SIGTERM)
 

@@ -55,6 +55,7 @@ class ComputeRuntime:
         self.last_input = time.monotonic()
         self.seen_input = False
         self.events_in = 0
+        self.last_offsets: dict[TP, int] = {}  # the last offset processed, per partition
 
     # --- input ----------------------------------------------------------------------------
 
@@ -85,6 +86,7 @@ class ComputeRuntime:
         else:
             state.add_labels(message.offset, decoded.events)
         self.unacked.setdefault(tp, deque()).append(event)
+        self.last_offsets[tp] = message.offset
 
     async def _restore(self, state: PartitionState, tp: TP, offset: int) -> None:
         """Set the topic's watermark to the one it had at ``offset`` (where Faust resumed)."""
@@ -251,6 +253,7 @@ class ComputeRuntime:
         for tp in tps:
             self.states.pop(tp.partition, None)
             self.unacked.pop(tp, None)
+            self.last_offsets.pop(tp, None)
             self.restored.discard(tp)
             self.checkpoints.pop(tp.partition, None)
             self.written.pop(tp.partition, None)

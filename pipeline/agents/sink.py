@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Any
 
 import faust
 
@@ -30,6 +31,7 @@ class SinkRuntime:
         self.counters = {"write_failures": 0, "outage_ms": 0, "rows_written": 0}
         self.busy = False  # a batch is being written (or retried)
         self.seen_input = False
+        self.last_offsets: dict[Any, int] = {}  # the last offset written, per partition
 
     def open(self) -> ClickHouseSink:
         if self.sink is None:
@@ -153,6 +155,9 @@ class SinkRuntime:
                     "ClickHouse writes work again after %.1fs", time.monotonic() - failed_at
                 )
             self.counters = counters
+            for event in events:
+                tp = event.message.tp
+                self.last_offsets[tp] = max(self.last_offsets.get(tp, -1), event.message.offset)
             self.busy = False
             self.last_input = time.monotonic()
             return
