@@ -10,6 +10,13 @@ latest version of every row.
 
 from __future__ import annotations
 
+_WINDOW_KEY = """
+            model String,
+            model_version String,
+            segment String,
+            window_start DateTime64(3, 'UTC'),
+            window_end DateTime64(3, 'UTC'),"""
+
 _SUMMARY_COLUMNS = """
     feature String,
     present UInt64,
@@ -27,12 +34,7 @@ _SUMMARY_COLUMNS = """
 
 def ddl(db: str) -> list[str]:
     return [
-        f"""CREATE TABLE IF NOT EXISTS {db}.feature_partials (
-            model String,
-            model_version String,
-            segment String,
-            window_start DateTime64(3, 'UTC'),
-            window_end DateTime64(3, 'UTC'),
+        f"""CREATE TABLE IF NOT EXISTS {db}.feature_partials ({_WINDOW_KEY}
             partition UInt32,{_SUMMARY_COLUMNS}
             version UInt64,
             inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
@@ -47,12 +49,7 @@ def ddl(db: str) -> list[str]:
             inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(version)
         ORDER BY (model, model_version, name, feature)""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.drift_rows (
-            model String,
-            model_version String,
-            segment String,
-            window_start DateTime64(3, 'UTC'),
-            window_end DateTime64(3, 'UTC'),
+        f"""CREATE TABLE IF NOT EXISTS {db}.drift_rows ({_WINDOW_KEY}
             feature String,
             reference String,
             method String,
@@ -67,12 +64,7 @@ def ddl(db: str) -> list[str]:
             inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(version)
         ORDER BY (model, model_version, segment, window_start, feature, method)""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.data_quality_rows (
-            model String,
-            model_version String,
-            segment String,
-            window_start DateTime64(3, 'UTC'),
-            window_end DateTime64(3, 'UTC'),
+        f"""CREATE TABLE IF NOT EXISTS {db}.data_quality_rows ({_WINDOW_KEY}
             feature String,
             events UInt64,
             present UInt64,
