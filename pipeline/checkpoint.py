@@ -1,5 +1,6 @@
 """Per-partition checkpoints: the event-time watermark that held at each committed offset,
-and the state of the partition's drift detectors.
+the state of the partition's drift detectors, and the last window start whose state was
+dropped (its final rows were emitted before the record was written).
 
 Kafka keeps the committed offsets, but not (on every broker) the metadata next to them, so
 the watermark of each input topic at its committed offset lives in a small topic of its own,
@@ -27,13 +28,15 @@ from pipeline.windows import Mark
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Marks by input topic for one partition, and the partition's detector state there: the
-    current ones and the previous ones."""
+    current ones and the previous ones; and the last window start evicted when it was written
+    (events of it or earlier that are re-read after a restart were folded already)."""
 
     partition: int
     current: Mapping[str, Mark]
     previous: Mapping[str, Mark] = field(default_factory=dict)
     state: Mapping[str, Any] = field(default_factory=dict)
     previous_state: Mapping[str, Any] = field(default_factory=dict)
+    evicted_through: int | None = None
 
     def find(self, topic: str, offset: int) -> tuple[Mark, Mapping[str, Any]] | None:
         """The mark of ``topic`` at ``offset`` and the state saved with it, if recorded."""
@@ -51,6 +54,7 @@ class Checkpoint:
                 "previous": {t: [p.offset, p.max_ts] for t, p in self.previous.items()},
                 "state": self.state,
                 "previous_state": self.previous_state,
+                "evicted_through": self.evicted_through,
             }
         )
 
@@ -63,6 +67,7 @@ class Checkpoint:
             {t: Mark(*v) for t, v in obj["previous"].items()},
             obj.get("state", {}),
             obj.get("previous_state", {}),
+            obj.get("evicted_through"),
         )
 
 

@@ -108,6 +108,9 @@ class ComputeRuntime:
             ),
             None,
         )
+        last = self.written.get(tp.partition)
+        if last is not None:  # every window evicted by then was emitted whole
+            state.evicted_through = last.evicted_through
         if found is not None:
             mark, saved = found
             if tp.topic == self.topics.predictions:
@@ -146,17 +149,11 @@ class ComputeRuntime:
     async def flush(self) -> None:
         """Emit dead letters and changed windows; once Kafka acknowledged all of them, write
         the checkpoints and acknowledge what live state released, so Faust commits it."""
-        released: list[tuple[int, PartitionState, dict[str, Mark], dict[str, Any]]] = []
+        released: list[tuple[int, PartitionState, dict[str, Mark]]] = []
         for partition, state in list(self.states.items()):
             rows = state.flush()
-            for table, batch in (
-                ("quality_partials", rows.windows),
-                ("quality_class_partials", rows.classes),
-                ("feature_partials", rows.features),
-                ("drift_detections_rows", rows.detections),
-            ):
-                # A partition's rows stay in order: its quality rows reach the sink before
-                # the feature rows of the same flush, which derive from them.
+            for table, batch in rows.by_table():
+                # A partition's rows stay in order (see Rows.by_table).
                 for value in encode_bounded(table, batch, MAX_ROWS_MESSAGE_BYTES):
                     self.outbox.append((self.topics.metrics, value, partition, None))
             for name, value in state.counters.items():
@@ -167,15 +164,15 @@ class ComputeRuntime:
                 for t, m in ((self.topics.predictions, pred_mark), (self.topics.labels, label_mark))
                 if m is not None
             }
-            released.append((partition, state, marks, state.detectors.to_state()))
+            released.append((partition, state, marks))
         self.outbox.extend(self._counter_messages())
         if not await self._send_outbox():
             return  # nothing is acknowledged; the outbox is sent again next time
-        for partition, _, marks, detectors in released:
-            self._checkpoint(partition, marks, detectors)
+        for partition, state, marks in released:
+            self._checkpoint(partition, state, marks)
         if not await self._send_outbox():
             return
-        for partition, state, marks, _ in released:
+        for partition, state, marks in released:
             if self.states.get(partition) is state:  # not revoked meanwhile
                 self._ack(partition, marks)
 
@@ -204,21 +201,25 @@ class ComputeRuntime:
             self.outbox = outbox + self.outbox
             return False
 
-    def _checkpoint(
-        self, partition: int, marks: dict[str, Mark], detectors: dict[str, Any]
-    ) -> None:
-        """Queue a checkpoint record if the positions moved since the last one. The detector
-        state may be older than the positions' last move: re-fed from there, the detectors
-        replay the same items in the same order, so any saved state is a valid start."""
+    def _checkpoint(self, partition: int, state: PartitionState, marks: dict[str, Mark]) -> None:
+        """Queue a checkpoint record if the positions or the eviction horizon moved since the
+        last one. The detector state may be older than the positions' last move: re-fed from
+        there, the detectors replay the same items in the same order, so any saved state is a
+        valid start."""
         last = self.written.get(partition)
-        if last is not None and dict(last.current) == marks:
+        if (
+            last is not None
+            and dict(last.current) == marks
+            and last.evicted_through == state.evicted_through
+        ):
             return
         record = Checkpoint(
             partition,
             marks,
             dict(last.current) if last else {},
-            detectors,
+            state.detectors.to_state(),
             dict(last.state) if last else {},
+            state.evicted_through,
         )
         self.outbox.append((self.topics.checkpoints, record.encode(), partition, None))
         self.written[partition] = record

@@ -30,6 +30,16 @@ FROM drift_windows
 ORDER BY window_start, segment
 """
 
+CLIENTS_SQL = """
+SELECT client_id, sum(requests) AS requests,
+       round(avg(outside_reference_share), 3) AS mean_outside_share,
+       round(max(outside_reference_share), 3) AS max_outside_share,
+       topK(1)(outside_reference_feature)[1] AS most_outside
+FROM client_activity
+GROUP BY client_id
+ORDER BY mean_outside_share DESC, client_id
+"""
+
 DETECTIONS_SQL = """
 SELECT stream, detector, count() AS firings, min(ts) AS first_firing
 FROM drift_detections
@@ -88,6 +98,11 @@ def run_demo(events: int, data_dir: str, seed: int = 0) -> int:
     _print_table(*sink.query(QUALITY_SQL))
     print("\nFeature drift per window against the training images (PSI > 0.2 flags):\n")
     _print_table(*sink.query(DRIFT_SQL))
+    print(
+        "\nClients: share of their inputs outside the training images' range, per window"
+        " (the scraper probes with random images):\n"
+    )
+    _print_table(*sink.query(CLIENTS_SQL))
     print("\nOnline detectors that fired (per partition, on the score and error streams):\n")
     _print_table(*sink.query(DETECTIONS_SQL))
     sink.close()

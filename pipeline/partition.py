@@ -24,7 +24,7 @@ live prediction, label or window still needs (:meth:`PartitionState.low_watermar
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +38,7 @@ from schemas.events import CLASSIFICATION_TASKS, Label, Prediction
 
 WindowKey = tuple[str, str, str, int]  # model, model_version, segment, window_start
 OVERFLOW_SEGMENT = "__overflow__"
+OVERFLOW_CLIENT = "__overflow__"
 
 
 @dataclass(slots=True)
@@ -67,6 +68,7 @@ class _Bucket:
     first_pred: Mark | None = None  # first prediction read into this bucket
     first_label: Mark | None = None  # first label read into this bucket or joined into its windows
     segments: dict[str, set[str]] = field(default_factory=dict)  # by model: cardinality limits
+    final: bool = False  # re-read after a restart: its windows were emitted whole and dropped
     preds_closed: bool = False  # the label watermark passed end + ttl: no label can join any more
     labels_closed: bool = False  # the prediction watermark passed end + ttl
 
@@ -79,27 +81,57 @@ class _Window:
     or ``_SETTLE_AT`` of them wait, and then folded in one batch: the accumulators' results
     do not depend on batching, and one batch costs far less than many small ones when
     messages hold one event each.
+
+    ``clients`` summarises the features of each ``client_id``'s predictions (sketches only),
+    for the first ``max_clients`` client ids in the order the partition read them; later ones
+    share the ``__overflow__`` client.
     """
 
     acc: ClassificationWindow
     features: FeatureWindow
+    max_clients: int
     version: int = 0
     dirty: bool = True
     preds: list[Prediction] = field(default_factory=list)
     y_true: list[Any] = field(default_factory=list)
     y_pred: list[Any] = field(default_factory=list)
     proba: list[dict[str, float] | None] = field(default_factory=list)
+    clients: dict[str, FeatureWindow] = field(default_factory=dict)
+    dirty_clients: set[str] = field(default_factory=set)
 
-    def settle(self) -> None:
+    def settle(self, counters: Counter[str]) -> None:
         """Fold what waits into the accumulators."""
         if self.preds:
             preds, self.preds = self.preds, []
             self.acc.add_predictions(len(preds))
-            self.features.update([_observed(p) for p in preds])
+            observed = [_observed(p) for p in preds]
+            self.features.update(observed)
+            if self.max_clients:
+                self._settle_clients(preds, observed, counters)
         if self.y_true:
             y_true, y_pred, proba = self.y_true, self.y_pred, self.proba
             self.y_true, self.y_pred, self.proba = [], [], []
             self.acc.add_labelled(y_true, y_pred, proba)
+
+    def _settle_clients(
+        self, preds: list[Prediction], observed: list[dict[str, Any]], counters: Counter[str]
+    ) -> None:
+        by_client: dict[str, list[dict[str, Any]]] = {}
+        for p, features in zip(preds, observed, strict=True):
+            if p.client_id is not None:
+                by_client.setdefault(p.client_id, []).append(features)
+        clients = self.clients
+        for client, features in by_client.items():
+            summary = clients.get(client)
+            if summary is None:
+                if len(clients) - (OVERFLOW_CLIENT in clients) >= self.max_clients:
+                    counters["overflow_clients"] += len(features)
+                    client = OVERFLOW_CLIENT
+                    summary = clients.get(client)
+                if summary is None:
+                    summary = clients[client] = FeatureWindow(exact_max=0)
+            summary.update(features)
+            self.dirty_clients.add(client)
 
 
 #: Pending predictions or joined pairs of one window that trigger folding them in.
@@ -118,6 +150,21 @@ class Rows:
     classes: list[dict[str, Any]]
     features: list[dict[str, Any]]
     detections: list[dict[str, Any]]
+    clients: list[dict[str, Any]]
+    client_features: list[dict[str, Any]]
+
+    def by_table(self) -> list[tuple[str, list[dict[str, Any]]]]:
+        """(ClickHouse table, rows) of every kind of row, in the order the sink needs them:
+        the feature rows of a window come last of its partials, as they trigger deriving
+        drift, data quality and client activity from all of them."""
+        return [
+            ("quality_partials", self.windows),
+            ("quality_class_partials", self.classes),
+            ("client_partials", self.clients),
+            ("client_feature_partials", self.client_features),
+            ("feature_partials", self.features),
+            ("drift_detections_rows", self.detections),
+        ]
 
 
 class PartitionState:
@@ -134,13 +181,16 @@ class PartitionState:
         detectors: Sequence[str] = (),
         max_models: int = 1000,
         max_segments: int = 1000,
+        max_clients: int = 100,
         pred_max_ts: int | None = None,
         label_max_ts: int | None = None,
+        evicted_through: int | None = None,
     ) -> None:
         self.partition = partition
         self.window_ms = window_ms
         self.max_models = max_models
         self.max_segments = max_segments
+        self.max_clients = max_clients
         self.label_ttl_ms = label_ttl_ms
         self.auc_bins = auc_bins
         self.pred_wm = Watermark(lateness_ms)
@@ -149,7 +199,11 @@ class PartitionState:
             self.pred_wm.max_ts = pred_max_ts
         if label_max_ts is not None:
             self.label_wm.max_ts = label_max_ts
-        self.buckets: dict[int, _Bucket] = defaultdict(_Bucket)
+        self.buckets: dict[int, _Bucket] = {}
+        #: The last window start whose state was dropped. Events of it or earlier are late, or,
+        #: after a restart, re-read events that were folded before it was dropped: their
+        #: bucket is *final* (joins and detectors as before, but no window is folded again).
+        self.evicted_through = evicted_through
         self.pred_index: dict[str, _Pred] = {}
         self.label_index: dict[str, _Label] = {}
         self.counters: Counter[str] = Counter()
@@ -169,6 +223,7 @@ class PartitionState:
             detectors=settings.detector_names,
             max_models=settings.max_models,
             max_segments=settings.max_segments,
+            max_clients=settings.max_clients,
         )
 
     # --- input ----------------------------------------------------------------------------
@@ -185,6 +240,7 @@ class PartitionState:
         label_index = self.label_index
         counters = self.counters
         detectors = self.detectors if self.detectors.names else None
+        final_through = self._final_through()
         pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] | None = None
         for p in preds:
             ts = p.ts_ms
@@ -196,13 +252,15 @@ class PartitionState:
                 counters["duplicate_predictions"] += 1
                 continue
             start = ts - ts % window_ms
-            bucket = buckets[start]
+            bucket = buckets.get(start)
+            if bucket is None:
+                bucket = buckets[start] = _Bucket(final=start <= final_through)
             first = bucket.first_pred
             if first is None or offset < first.offset:
                 bucket.first_pred = mark
             key = (p.model, p.model_version, p.segment, start)
             w = bucket.windows.get(key)
-            if w is None:
+            if w is None and not bucket.final:
                 admitted = self._admit(bucket, key)
                 if admitted is None:
                     counters["overflow_models"] += 1
@@ -213,11 +271,12 @@ class PartitionState:
                     w = bucket.windows[key] = self._new_window()
             entry = _Pred(ts, key, p.task, p.prediction, _proba(p))
             pred_index[event_id] = bucket.preds[event_id] = entry
-            w.preds.append(p)
-            w.version += 1
-            w.dirty = True
-            if len(w.preds) >= _SETTLE_AT:
-                w.settle()
+            if w is not None:
+                w.preds.append(p)
+                w.version += 1
+                w.dirty = True
+                if len(w.preds) >= _SETTLE_AT:
+                    w.settle(counters)
             if detectors is not None:
                 score = _score(entry)
                 if score is not None:
@@ -250,6 +309,7 @@ class PartitionState:
         pred_index = self.pred_index
         label_index = self.label_index
         counters = self.counters
+        final_through = self._final_through()
         pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] = {}
         for lab in labels:
             ts = lab.ts_ms
@@ -260,7 +320,10 @@ class PartitionState:
             if event_id in label_index:
                 counters["duplicate_labels"] += 1
                 continue
-            bucket = buckets[ts - ts % window_ms]
+            start = ts - ts % window_ms
+            bucket = buckets.get(start)
+            if bucket is None:
+                bucket = buckets[start] = _Bucket(final=start <= final_through)
             first = bucket.first_label
             if first is None or offset < first.offset:
                 bucket.first_label = mark
@@ -279,6 +342,10 @@ class PartitionState:
         wm.max_ts = max_ts
         self._fold(pairs, mark)
         self.next_label = Mark(offset + 1, max_ts)
+
+    def _final_through(self) -> int:
+        """Window starts up to this one were dropped after their final rows were emitted."""
+        return NEVER if self.evicted_through is None else self.evicted_through
 
     def _admit(self, bucket: _Bucket, key: WindowKey) -> WindowKey | None:
         """Bound a window start's cardinality: a model past ``max_models`` is not folded (and
@@ -336,10 +403,10 @@ class PartitionState:
                         float(pred.y_pred != label.label),
                     )
             counters["joined"] += len(joined)
+            bucket = self.buckets[key[3]]
             if label_mark is not None:
-                bucket = self.buckets[key[3]]
                 bucket.first_label = _earliest(bucket.first_label, label_mark)
-            if y_true:
+            if y_true and not bucket.final:
                 w = self._window(key)
                 w.y_true += y_true
                 w.y_pred += y_pred
@@ -347,10 +414,10 @@ class PartitionState:
                 w.version += len(y_true)
                 w.dirty = True
                 if len(w.y_true) >= _SETTLE_AT:
-                    w.settle()
+                    w.settle(counters)
 
     def _new_window(self) -> _Window:
-        return _Window(ClassificationWindow(self.auc_bins), FeatureWindow())
+        return _Window(ClassificationWindow(self.auc_bins), FeatureWindow(), self.max_clients)
 
     def _window(self, key: WindowKey) -> _Window:
         windows = self.buckets[key[3]].windows
@@ -367,12 +434,14 @@ class PartitionState:
         window_rows: list[dict[str, Any]] = []
         class_rows: list[dict[str, Any]] = []
         feature_rows: list[dict[str, Any]] = []
+        client_rows: list[dict[str, Any]] = []
+        client_feature_rows: list[dict[str, Any]] = []
         for bucket in self.buckets.values():
             for key, w in bucket.windows.items():
                 if not w.dirty:
                     continue
                 w.dirty = False
-                w.settle()
+                w.settle(self.counters)
                 base = {
                     "model": key[0],
                     "model_version": key[1],
@@ -386,12 +455,21 @@ class PartitionState:
                 window_rows.append(base | totals)
                 class_rows.extend(base | c for c in per_class)
                 feature_rows.extend(base | f for f in w.features.rows())
+                for client in sorted(w.dirty_clients):
+                    summary = w.clients[client]
+                    # A client's rows are versioned by its own predictions in the window.
+                    client_base = base | {"client_id": client, "version": summary.events}
+                    client_rows.append(client_base | {"requests": summary.events})
+                    client_feature_rows.extend(client_base | f for f in summary.rows())
+                w.dirty_clients.clear()
         detections = self.detectors.release("score", self.pred_wm.value, self.partition)
         detections += self.detectors.release(
             "error", min(self.pred_wm.value, self.label_wm.value), self.partition
         )
         self._evict()
-        return Rows(window_rows, class_rows, feature_rows, detections)
+        return Rows(
+            window_rows, class_rows, feature_rows, detections, client_rows, client_feature_rows
+        )
 
     def _evict(self) -> None:
         for start in sorted(self.buckets):
@@ -417,6 +495,7 @@ class PartitionState:
                 for event_id in bucket.labels:
                     del self.label_index[event_id]
                 del self.buckets[start]
+                self.evicted_through = max(start, self._final_through())
 
     def low_watermarks(self) -> tuple[Mark | None, Mark | None]:
         """(predictions, labels): the first offset live state needs in each topic, with the

@@ -279,12 +279,7 @@ class Replayer:
         for _, state in sorted(self.states.items()):
             rows = state.flush()
             self.summary.windows += len(rows.windows)
-            for table, batch in (
-                ("quality_partials", rows.windows),
-                ("quality_class_partials", rows.classes),
-                ("feature_partials", rows.features),
-                ("drift_detections_rows", rows.detections),
-            ):
+            for table, batch in rows.by_table():
                 self.summary.rows += len(batch)
                 out += encode_bounded(table, batch, MAX_ROWS_MESSAGE_BYTES, self.result_set)
         out += encode_bounded(

@@ -81,6 +81,11 @@ class Settings:
     max_segments: int = _setting(
         1000, "segments per model and window; more are folded into segment __overflow__"
     )
+    max_clients: int = _setting(
+        100,
+        "client ids tracked per model, segment, window and partition; more are folded into"
+        " client __overflow__ (0 = no per-client rows)",
+    )
     flush_interval_seconds: float = _setting(1.0, "how often changed windows are emitted")
     max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
     sink_batch_messages: int = _setting(100, "metrics messages per ClickHouse insert, at most")
@@ -133,6 +138,8 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.max_clients < 0:
+            raise ValueError(f"max_clients: must be >= 0, got {self.max_clients}")
         from pipeline.estimators.detectors import DETECTORS
 
         unknown = set(self.detector_names) - set(DETECTORS)

@@ -3,8 +3,11 @@
 A logistic regression is trained on half of scikit-learn's bundled digits; the other half is
 served (drawn with replacement). From ``degrade_at`` on, Gaussian noise is added to the images,
 so accuracy and the feature distributions shift visibly. Labels follow their prediction after
-a random delay in event time; some never come, some come twice. Event time is simulated, so a
-run of any length covers ``events / events_per_second_event_time`` seconds of traffic.
+a random delay in event time; some never come, some come twice. Predictions come from six
+client apps; from ``probe_at`` on, a share ``probe_rate`` comes from a ``scraper`` client
+that sends uniformly random images (probing the input space) and never gets a label. Event
+time is simulated, so a run of any length covers ``events / events_per_second_event_time``
+seconds of traffic.
 
 >>> events = list(generate(events=200, seed=1, start_ts=1_700_000_000.0))
 >>> kinds = [kind for kind, _ in events]
@@ -64,6 +67,8 @@ def generate(
     duplicate_label_rate: float = 0.02,
     degrade_at: float = 0.5,
     noise: float = 6.0,
+    probe_at: float = 0.25,
+    probe_rate: float = 0.02,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(kind, event)`` pairs (kind "prediction" or "label") in send order.
 
@@ -83,6 +88,7 @@ def generate(
     classes = [str(c) for c in clf.classes_]
     run = f"{model}-{seed}-{int(start_ts)}"
     degrade_from = int(degrade_at * events)
+    probe_from = int(probe_at * events)
     pending: list[tuple[float, int, dict[str, Any]]] = []  # (ts, sequence, label event)
     sequence = 0
     for first in range(0, events, _PREDICT_BATCH):
@@ -95,6 +101,11 @@ def generate(
             images[noisy] = np.clip(
                 images[noisy] + rng.normal(0.0, noise, images[noisy].shape), 0, 16
             )
+        probing = (index >= probe_from) & (rng.random(n) < probe_rate)
+        images[probing] = rng.uniform(0.0, 16.0, (int(probing.sum()), images.shape[1]))
+        client = np.where(
+            probing, "scraper", np.char.add("app-", rng.integers(0, 6, n).astype(str))
+        )
         proba = clf.predict_proba(images / 16.0)
         ts = start_ts + index / events_per_second_event_time
         batch = _Batch(
@@ -125,10 +136,11 @@ def generate(
                     "features": {**batch.features[j], "pixels": batch.pixels[j]},
                     "segment": {"source": batch.source[j]},
                     "latency_ms": batch.latency[j],
+                    "client_id": str(client[j]),
                 },
             )
             fate = batch.fate[j]
-            if fate < missing_label_rate:
+            if fate < missing_label_rate or probing[j]:
                 continue
             label_ts = t + float(batch.delay[j])
             label = {

@@ -27,7 +27,8 @@ JSON Schema cannot express these rules exactly; the Python decoders are authorit
 2. Integers. JSON Schema cannot tell ``1`` from ``1.0`` (an ``integer`` is any number with a
    zero fraction), so the schema accepts an integral float for ``step``, ``epoch`` and a
    ``segment`` tag value, which Python rejects. Class labels accept an integral float in
-   both, up to 2**53 in magnitude in Python (beyond it a float no longer names one integer).
+   both, but in Python only below 2**53 in magnitude (beyond it a float no longer names one
+   integer), in the schema up to 2**63.
 3. ``segment`` objects. Python also caps the canonical key (``k=v`` pairs sorted by tag and
    joined by commas) at ``4 * MAX_NAME_LEN`` characters; the schema cannot measure it.
 4. Non-finite numbers. JSON has no NaN or Infinity, so the schema says nothing about them;

@@ -98,8 +98,8 @@ class SinkRuntime:
         return self.targets[result_set]
 
     def _write(self, sets: dict[str, dict[str, list[dict]]]) -> None:
-        """Insert, then derive drift and data quality for the windows whose feature
-        summaries changed (blocking: runs in a worker thread)."""
+        """Insert, then derive drift, data quality and client activity for the windows whose
+        feature or client summaries changed (blocking: runs in a worker thread)."""
         for result_set, tables in sets.items():
             sink, deriver = self._target(result_set)
             for table, rows in tables.items():
@@ -108,8 +108,9 @@ class SinkRuntime:
             if tables.get("reference_profiles"):
                 models = {(r["model"], r["model_version"]) for r in tables["reference_profiles"]}
                 derived.append(deriver.rederive(models))
-            if tables.get("feature_partials"):
-                derived.append(deriver.derive(tables["feature_partials"]))
+            changed = [*tables.get("feature_partials", ()), *tables.get("client_partials", ())]
+            if changed:
+                derived.append(deriver.derive(changed))
             for by_table in derived:
                 for table, rows in by_table.items():
                     sink.insert(f"{table}_rows", rows)

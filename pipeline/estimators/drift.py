@@ -46,6 +46,7 @@ __all__ = [
     "jensen_shannon",
     "ks",
     "out_of_range_rate",
+    "outside_reference",
     "psi",
     "type_mismatch",
     "unseen_categories",
@@ -685,6 +686,23 @@ def unseen_categories(window: Summary, reference: Summary) -> Quality:
         else:
             unseen += c
     return _quality("unseen_categories", unseen, window.text, unsure + window.other)
+
+
+def outside_reference(window: Summary, reference: Summary) -> Quality:
+    """Window values the reference does not cover: finite numbers outside its range
+    (:func:`out_of_range_rate`) and strings of categories it never saw
+    (:func:`unseen_categories`), out of the window's finite numbers and strings.
+
+    >>> ref = Summary.from_values([0.0, 1.0, "a"])
+    >>> q = outside_reference(Summary.from_values([0.5, 2.0, "a", "b"]), ref)
+    >>> q.count, q.total, q.rate
+    (2, 4, 0.5)
+    """
+    numeric = out_of_range_rate(window, reference)
+    text = unseen_categories(window, reference)
+    total = numeric.total + text.total
+    unsure = (numeric.error_bound * numeric.total) + (text.error_bound * text.total)
+    return _quality("outside_reference", numeric.count + text.count, total, round(unsure))
 
 
 def type_mismatch(window: Summary, reference: Summary) -> Quality:

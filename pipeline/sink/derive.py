@@ -1,4 +1,5 @@
-"""Drift and data-quality rows, derived from the feature summaries stored in ClickHouse.
+"""Drift, data-quality and client-activity rows, derived from the summaries stored in
+ClickHouse.
 
 Feature summaries of a window arrive as partial rows, one per source partition. Whenever a
 batch brings new partials for some windows, the sink reads every partial of those windows
@@ -14,6 +15,11 @@ version when it has that feature; else the windows of the fixed range
 window (same model, version and segment) — never the window itself. A newly uploaded profile
 re-derives every stored window of its model and version; the new rows replace the old ones
 (same key and version: the last inserted wins).
+
+Client activity compares each client's feature summaries in a window (sketches, from
+``client_feature_partials``) with the same references: a client whose inputs the reference
+does not cover — one sweeping the input space, or sending crafted values — stands out from
+the model's usual traffic, as does a client whose requests jump above its previous windows.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pipeline.estimators.drift import (
     compare,
     decide,
     out_of_range_rate,
+    outside_reference,
     type_mismatch,
     unseen_categories,
 )
@@ -36,6 +43,7 @@ from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink
 
 Row = dict[str, Any]
+DERIVED_TABLES = ("drift", "data_quality", "client_activity")
 SUMMARY_COLUMNS = (
     "feature, present, numeric, nonfinite, text, sum, sum_sq, min, max, sketch, categories, values"
 )
@@ -56,13 +64,13 @@ class Deriver:
             if m.kind == "effect" and m.name not in settings.drift_deciders
         }
 
-    def derive(self, feature_rows: Iterable[Row]) -> dict[str, list[Row]]:
-        """Rows for the ``drift`` and ``data_quality`` tables of every window named in
-        ``feature_rows`` (partials just inserted)."""
+    def derive(self, partial_rows: Iterable[Row]) -> dict[str, list[Row]]:
+        """Rows for the ``drift``, ``data_quality`` and ``client_activity`` tables of every
+        window named in ``partial_rows`` (feature or client partials just inserted)."""
         changed: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
-        for r in feature_rows:
+        for r in partial_rows:
             changed[(r["model"], r["model_version"])].add((r["segment"], r["window_start"]))
-        out: dict[str, list[Row]] = {"drift": [], "data_quality": []}
+        out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
         for (model, version), windows in changed.items():
             for table, rows in self._model(model, version, windows).items():
                 out[table].extend(rows)
@@ -71,7 +79,7 @@ class Deriver:
     def rederive(self, models: Iterable[tuple[str, str]]) -> dict[str, list[Row]]:
         """Rows for every stored window of these (model, model_version): after a new reference
         profile, whose results replace those computed against the old reference."""
-        out: dict[str, list[Row]] = {"drift": [], "data_quality": []}
+        out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
         for model, version in set(models):
             _, stored = self.sink.query(
                 "SELECT DISTINCT segment, toUnixTimestamp64Milli(window_start) "
@@ -90,35 +98,33 @@ class Deriver:
         lo = min(ws for _, ws in windows) - self.settings.drift_previous_windows * self.window_ms
         hi = max(ws for _, ws in windows)
         params = {"model": model, "version": version, "lo": lo, "hi": hi}
-        partials = self._rows(
-            f"SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, partition, version, "
-            f"{SUMMARY_COLUMNS} FROM feature_partials FINAL WHERE model = {{model:String}} "
-            "AND model_version = {version:String} AND window_start "
+        in_range = (
+            "WHERE model = {model:String} AND model_version = {version:String} AND window_start "
             "BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
-            "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
-            params,
+            "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
         )
         by_window: dict[tuple[str, int], list[Row]] = defaultdict(list)
-        for r in partials:
+        for r in self._rows(
+            f"SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, partition, version, "
+            f"{SUMMARY_COLUMNS} FROM feature_partials FINAL {in_range}",
+            params,
+        ):
             by_window[(r["segment"], r["ws"])].append(r)
         events = {
             (r["segment"], r["ws"]): r["events"]
             for r in self._rows(
                 "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, "
-                "sum(predictions) AS events FROM quality_partials FINAL "
-                "WHERE model = {model:String} AND model_version = {version:String} "
-                "AND window_start BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
-                "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC') GROUP BY segment, ws",
+                f"sum(predictions) AS events FROM quality_partials FINAL {in_range} "
+                "GROUP BY segment, ws",
                 params,
             )
         }
+        clients = _Clients(self, params, in_range, min(ws for _, ws in windows))
         profile = self._profile(model, version)
         range_rows = self._range_rows(model, version) if self.reference_range else {}
-        out: dict[str, list[Row]] = {"drift": [], "data_quality": []}
+        out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
         for segment, ws in sorted(windows):
             rows = by_window.get((segment, ws), [])
-            if not rows:
-                continue
             if self.reference_range is None:
                 baseline = f"previous:{self.settings.drift_previous_windows}"
                 previous = [
@@ -140,23 +146,28 @@ class Deriver:
                 "segment": segment,
                 "window_start": ws,
                 "window_end": ws + self.window_ms,
-                "version": sum({r["partition"]: r["version"] for r in rows}.values()),
             }
-            drift, quality = self._window(
-                rows, (baseline, previous), profile, events.get((segment, ws), 0)
-            )
-            out["drift"] += [key | r for r in drift]
-            out["data_quality"] += [key | r for r in quality]
+            window = _summaries(rows)
+            references = self._references(window, (baseline, previous), profile)
+            window_events = events.get((segment, ws), 0)
+            if rows:
+                drift, quality = self._window(window, references, window_events)
+                partials_version = sum({r["partition"]: r["version"] for r in rows}.values())
+                out["drift"] += [key | r | {"version": partials_version} for r in drift]
+                out["data_quality"] += [key | r | {"version": partials_version} for r in quality]
+            out["client_activity"] += [
+                key | r for r in clients.rows(segment, ws, references, window_events)
+            ]
         return out
 
-    def _window(
+    def _references(
         self,
-        rows: list[Row],
+        window: Mapping[str, Summary],
         baseline: tuple[str, list[Row]],
         profile: Mapping[str, Summary],
-        events: int,
-    ) -> tuple[list[Row], list[Row]]:
-        window = _summaries(rows)
+    ) -> dict[str, tuple[str, Summary]]:
+        """(name, summary) of each feature's reference: the profile when it has the feature,
+        else the baseline windows."""
         baseline_name, baseline_rows = baseline
         rolling = _summaries(baseline_rows)
         references: dict[str, tuple[str, Summary]] = {}
@@ -165,6 +176,14 @@ class Deriver:
                 references[feature] = (f"profile:{self.settings.drift_profile}", profile[feature])
             elif feature in rolling:
                 references[feature] = (baseline_name, rolling[feature])
+        return references
+
+    def _window(
+        self,
+        window: Mapping[str, Summary],
+        references: Mapping[str, tuple[str, Summary]],
+        events: int,
+    ) -> tuple[list[Row], list[Row]]:
         results = {f: compare(window[f], ref) for f, (_, ref) in references.items()}
         decisions = decide(
             results,
@@ -257,6 +276,75 @@ class Deriver:
     def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         columns, rows = self.sink.query(sql, params)
         return [dict(zip(columns, r, strict=True)) for r in rows]
+
+
+class _Clients:
+    """The client partials of one model's windows being derived, and their activity rows."""
+
+    def __init__(
+        self, deriver: Deriver, params: Mapping[str, Any], in_range: str, first: int
+    ) -> None:
+        self.window_ms = deriver.window_ms
+        self.previous_windows = deriver.settings.drift_previous_windows
+        self.requests: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
+        for r in deriver._rows(
+            "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, client_id, "
+            f"sum(requests) AS requests FROM client_partials FINAL {in_range} "
+            "GROUP BY segment, ws, client_id",
+            params,
+        ):
+            self.requests[(r["segment"], r["ws"])][r["client_id"]] = r["requests"]
+        self.features: dict[tuple[str, int, str], list[Row]] = defaultdict(list)
+        if self.requests:
+            for r in deriver._rows(
+                "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, client_id, "
+                f"{SUMMARY_COLUMNS} FROM client_feature_partials FINAL "
+                "WHERE model = {model:String} AND model_version = {version:String} "
+                "AND window_start BETWEEN fromUnixTimestamp64Milli({first:Int64}, 'UTC') "
+                "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
+                {**params, "first": first},
+            ):
+                self.features[(r["segment"], r["ws"], r["client_id"])].append(r)
+
+    def rows(
+        self,
+        segment: str,
+        ws: int,
+        references: Mapping[str, tuple[str, Summary]],
+        window_requests: int,
+    ) -> list[Row]:
+        """One row per client of the window: its requests against the window's and its own
+        previous windows', and the share of its inputs the references do not cover."""
+        out = []
+        for client, requests in sorted(self.requests.get((segment, ws), {}).items()):
+            previous = sum(
+                self.requests.get((segment, ws - k * self.window_ms), {}).get(client, 0)
+                for k in range(1, self.previous_windows + 1)
+            )
+            outside = {}
+            for feature, summary in _summaries(self.features[(segment, ws, client)]).items():
+                if feature in references:
+                    q = outside_reference(summary, references[feature][1])
+                    if q.total:
+                        outside[feature] = q.rate
+            worst = min(outside, key=lambda f: (-outside[f], f), default="")
+            out.append(
+                {
+                    "client_id": client,
+                    "requests": requests,
+                    "window_requests": window_requests,
+                    "traffic_share": requests / window_requests if window_requests else None,
+                    "previous_requests": previous / self.previous_windows
+                    if self.previous_windows
+                    else None,
+                    "outside_reference_share": outside.get(worst),
+                    "outside_reference_feature": worst,
+                    "outside_reference": outside,
+                    # Both only grow as the window's partials complete.
+                    "version": requests + window_requests,
+                }
+            )
+        return out
 
 
 def _summaries(rows: Iterable[Row]) -> dict[str, Summary]:

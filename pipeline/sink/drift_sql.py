@@ -1,9 +1,12 @@
-"""Tables and views of feature drift, data quality and drift detectors (``{db}``-qualified).
+"""Tables and views of feature drift, data quality, client activity and drift detectors
+(``{db}``-qualified).
 
 ``feature_partials`` holds per-partition feature summaries of each window (mergeable by
 summation); ``reference_profiles`` the same summaries of a reference data set. The sink's
 derive step (:mod:`pipeline.sink.derive`) compares them and writes ``drift_rows`` and
-``data_quality_rows``; the compute stage writes ``drift_detections_rows``. Each ``*_rows``
+``data_quality_rows``, and, from ``client_partials`` / ``client_feature_partials`` (the same
+summaries per ``client_id``), ``client_activity_rows``; the compute stage writes
+``drift_detections_rows``. Each ``*_rows``
 table is read through the view of the same name without the suffix, which keeps only the
 latest version of every row.
 """
@@ -32,24 +35,35 @@ _SUMMARY_COLUMNS = """
     values Array(Float64),"""
 
 
-def ddl(db: str) -> list[str]:
-    return [
-        f"""CREATE TABLE IF NOT EXISTS {db}.feature_partials ({_WINDOW_KEY}
-            partition UInt32,{_SUMMARY_COLUMNS}
+def _versioned(table: str, columns: str, order_by: str) -> str:
+    """A ReplacingMergeTree table whose rows are replaced by higher ``version``s."""
+    return f"""CREATE TABLE IF NOT EXISTS {table} ({columns}
             version UInt64,
             inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(version)
-        ORDER BY (model, model_version, segment, window_start, feature, partition)""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.reference_profiles (
+        ORDER BY ({order_by})"""
+
+
+def ddl(db: str) -> list[str]:
+    return [
+        _versioned(
+            f"{db}.feature_partials",
+            f"""{_WINDOW_KEY}
+            partition UInt32,{_SUMMARY_COLUMNS}""",
+            "model, model_version, segment, window_start, feature, partition",
+        ),
+        _versioned(
+            f"{db}.reference_profiles",
+            f"""
             model String,
             model_version String,
             name String,{_SUMMARY_COLUMNS}
-            rows UInt64,
-            version UInt64,
-            inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
-        ) ENGINE = ReplacingMergeTree(version)
-        ORDER BY (model, model_version, name, feature)""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.drift_rows ({_WINDOW_KEY}
+            rows UInt64,""",
+            "model, model_version, name, feature",
+        ),
+        _versioned(
+            f"{db}.drift_rows",
+            f"""{_WINDOW_KEY}
             feature String,
             reference String,
             method String,
@@ -59,12 +73,12 @@ def ddl(db: str) -> list[str]:
             threshold Nullable(Float64),
             drifted UInt8,
             window_count UInt64,
-            reference_count UInt64,
-            version UInt64,
-            inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
-        ) ENGINE = ReplacingMergeTree(version)
-        ORDER BY (model, model_version, segment, window_start, feature, method)""",
-        f"""CREATE TABLE IF NOT EXISTS {db}.data_quality_rows ({_WINDOW_KEY}
+            reference_count UInt64,""",
+            "model, model_version, segment, window_start, feature, method",
+        ),
+        _versioned(
+            f"{db}.data_quality_rows",
+            f"""{_WINDOW_KEY}
             feature String,
             events UInt64,
             present UInt64,
@@ -72,11 +86,37 @@ def ddl(db: str) -> list[str]:
             nonfinite UInt64,
             type_mismatch UInt64,
             out_of_range_rate Nullable(Float64),
-            unseen_categories UInt64,
-            version UInt64,
-            inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
-        ) ENGINE = ReplacingMergeTree(version)
-        ORDER BY (model, model_version, segment, window_start, feature)""",
+            unseen_categories UInt64,""",
+            "model, model_version, segment, window_start, feature",
+        ),
+        _versioned(
+            f"{db}.client_partials",
+            f"""{_WINDOW_KEY}
+            partition UInt32,
+            client_id String,
+            requests UInt64,""",
+            "model, model_version, segment, window_start, client_id, partition",
+        ),
+        _versioned(
+            f"{db}.client_feature_partials",
+            f"""{_WINDOW_KEY}
+            partition UInt32,
+            client_id String,{_SUMMARY_COLUMNS}""",
+            "model, model_version, segment, window_start, client_id, feature, partition",
+        ),
+        _versioned(
+            f"{db}.client_activity_rows",
+            f"""{_WINDOW_KEY}
+            client_id String,
+            requests UInt64,
+            window_requests UInt64,
+            traffic_share Nullable(Float64),
+            previous_requests Nullable(Float64),
+            outside_reference_share Nullable(Float64),
+            outside_reference_feature String,
+            outside_reference Map(String, Float64),""",
+            "model, model_version, segment, window_start, client_id",
+        ),
         f"""CREATE TABLE IF NOT EXISTS {db}.drift_detections_rows (
             model String,
             model_version String,
@@ -92,7 +132,7 @@ def ddl(db: str) -> list[str]:
         ORDER BY (model, model_version, stream, detector, partition, position)""",
         *(
             f"CREATE OR REPLACE VIEW {db}.{name} AS SELECT * FROM {db}.{name}_rows FINAL"
-            for name in ("drift", "data_quality", "drift_detections")
+            for name in ("drift", "data_quality", "client_activity", "drift_detections")
         ),
         # One row per window: how many features drifted (by the decision rule), the largest
         # PSI and the feature that has it.

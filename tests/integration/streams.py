@@ -1,4 +1,5 @@
-"""Traffic shared by the drift and crash tests: two models, one of which drifts."""
+"""Traffic shared by the drift and crash tests (two models, one of which drifts), and the
+memory probe of the tests that bound a worker's memory."""
 
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ def traffic(seed: int) -> list[tuple[str, dict[str, Any]]]:
                     "ts": ts,
                     "prediction": int(y if right else "10"[int(y)]),
                     "score": round(score, 4),
+                    "client_id": f"client-{rng.randrange(4)}",
                     "features": {
                         "amount": round(rng.lognormvariate(3.0 + (1.0 if late else 0.0), 0.5), 3),
                         "country": rng.choice(["fr", "de", "es"] + (["br"] * 3 if late else [])),
@@ -42,6 +44,12 @@ def traffic(seed: int) -> list[tuple[str, dict[str, Any]]]:
     out = [("prediction", p) for p in predictions]
     out += [("label", {**lab, "ts": ts}) for ts, lab in labels]
     return sorted(out, key=lambda item: item[1]["ts"])
+
+
+def rss_kb(pid: int) -> int:
+    """The resident set size of process ``pid``, in KiB."""
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
 
 
 def reference(seed: int) -> list[dict[str, Any]]:
@@ -59,6 +67,9 @@ TABLES = {
     " accuracy, roc_auc FROM quality_windows ORDER BY model, ws",
     "drift": "SELECT model, toUnixTimestamp64Milli(window_start) AS ws, feature, method, reference,"
     " statistic, drifted FROM drift ORDER BY model, ws, feature, method",
+    "clients": "SELECT model, toUnixTimestamp64Milli(window_start) AS ws, client_id, requests,"
+    " previous_requests, outside_reference_share, outside_reference_feature"
+    " FROM client_activity ORDER BY model, ws, client_id",
     "detections": "SELECT model, stream, detector, partition, position,"
     " toUnixTimestamp64Milli(ts) AS ts, event_id FROM drift_detections"
     " ORDER BY model, stream, detector, partition, position",

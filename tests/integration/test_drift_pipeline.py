@@ -5,6 +5,7 @@ with the same drift, detector and quality rows as one that ran undisturbed."""
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -62,6 +63,18 @@ def test_drifted_feed_is_flagged_and_a_restart_changes_no_result(deployment: Any
     assert not any(r["drifted"] for r in decisions if r["model"] == "steady")
     assert all(r["ws"] >= shift_ms - 60_000 for r in decisions if r["drifted"])
     assert {r["reference"] for r in decisions if r["feature"] == "amount"} == {"profile:default"}
+
+    # Every prediction's client is counted once, in its window.
+    sent = Counter(
+        (e["model"], int(e["ts"] * 1000) // 60_000 * 60_000, e["client_id"])
+        for kind, e in events
+        if kind == "prediction"
+    )
+    assert {
+        (r["model"], r["ws"], r["client_id"]): r["requests"] for r in expected["clients"]
+    } == sent
+    after = [r for r in expected["clients"] if r["model"] == "shifting" and r["ws"] >= shift_ms]
+    assert after and all(r["outside_reference_share"] > 0.2 for r in after)
 
     firings = expected["detections"]
     assert any(r["model"] == "shifting" and r["stream"] == "score" for r in firings)

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from streams import WORKER, traffic
+from streams import WORKER, rss_kb, traffic
 
 from pipeline.embedded import worker_command
 from producers.client import MonitorClient
@@ -40,11 +40,6 @@ async def send(d: Any, events: list[tuple[str, dict[str, Any]]], pace: float = 0
                 assert client.log(kind, event)
             await client.flush()
             await asyncio.sleep(pace)
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
 
 
 def test_sink_outage_loses_nothing_and_commits_nothing(deployment: Any) -> None:

@@ -3,6 +3,7 @@ is never part of its own reference."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,14 @@ import pytest
 
 from pipeline.estimators.drift import Summary, psi
 from pipeline.estimators.features import FeatureWindow
+from pipeline.partition import PartitionState
+from pipeline.reference import profile_rows
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink
 from pipeline.sink.derive import Deriver
+from schemas.events import Prediction
 
+ROOT = Path(__file__).resolve().parents[2]
 MINUTE = 60_000
 T0 = 1_700_000_040_000
 
@@ -91,3 +96,105 @@ def test_a_fixed_range_never_includes_the_window_itself(sink: ClickHouseSink) ->
     window = Summary.from_rows([by_start[T0 + MINUTE]])
     others = Summary.from_rows([by_start[T0], by_start[T0 + 2 * MINUTE]])
     assert got[T0 + MINUTE][2] == psi(window, others).statistic
+
+
+def test_client_activity_finds_the_prober_and_the_burst(chdb_path: Path) -> None:
+    """Client rows from the compute stage's own state, derived on chDB, against numpy."""
+    sink = ClickHouseSink(f"chdb://{chdb_path}", "derive_clients")
+    sink.migrate()
+    rng = np.random.default_rng(7)
+    sink.insert(
+        "reference_profiles",
+        profile_rows(
+            (
+                {"x": float(v), "c": str(c)}
+                for v, c in zip(rng.normal(0, 1, 5000), "pq" * 2500, strict=True)
+            ),
+            "m",
+            "v",
+        ),
+    )
+    _, [(ref_min, ref_max)] = sink.query(
+        "SELECT min, max FROM reference_profiles FINAL WHERE feature = 'x'"
+    )
+    state = PartitionState(0, window_ms=MINUTE, lateness_ms=0, label_ttl_ms=0, auc_bins=10)
+    sent: dict[tuple[int, str], list[tuple[float, str]]] = {}
+    n = 0
+    for k in range(4):
+        ws = T0 + k * MINUTE
+        traffic = [(f"user{u}", 50) for u in range(5)] + [("prober", 40)]
+        traffic.append(("burst", 500 if k == 3 else 20))
+        preds = []
+        for client, count in traffic:
+            if client == "prober":  # half inside the range, half far outside; some new categories
+                x = np.where(rng.random(count) < 0.5, rng.uniform(-1, 1, count), 8.0)
+                c = rng.choice(["p", "zzz"], count, p=[0.8, 0.2])
+            else:
+                x, c = rng.normal(0, 1, count).clip(-2, 2), rng.choice(["p", "q"], count)
+            for xi, ci in zip(x.tolist(), c.tolist(), strict=True):
+                sent.setdefault((ws, client), []).append((xi, ci))
+                features = {"x": xi, "c": ci}
+                preds.append(
+                    Prediction(
+                        f"e{n}",
+                        "m",
+                        "v",
+                        ws + 1,
+                        "binary",
+                        "1",
+                        features=features,
+                        client_id=client,
+                    )
+                )
+                n += 1
+        state.add_predictions(k, preds)
+    rows = state.flush()
+    for table, batch in rows.by_table():
+        sink.insert(table, batch)
+    settings = Settings.load(env={}, overrides={"drift_previous_windows": 2})
+    activity = Deriver(sink, settings).derive(rows.clients)["client_activity"]
+    got = {(r["window_start"], r["client_id"]): r for r in activity}
+    assert set(got) == set(sent)
+    for (ws, client), events in sent.items():
+        r = got[(ws, client)]
+        x = np.array([e[0] for e in events])
+        c = [e[1] for e in events]
+        window = sum(len(v) for (w, _), v in sent.items() if w == ws)
+        previous = [len(sent.get((ws - j * MINUTE, client), [])) for j in (1, 2)]
+        assert (r["requests"], r["window_requests"]) == (len(events), window)
+        assert r["traffic_share"] == pytest.approx(len(events) / window)
+        assert r["previous_requests"] == pytest.approx(sum(previous) / 2)
+        expected = {
+            "x": float(np.mean((x < ref_min) | (x > ref_max))),
+            "c": sum(ci not in ("p", "q") for ci in c) / len(c),
+        }
+        # The profile covers x and c; the prediction is compared with the previous windows.
+        if ws > T0:
+            expected["__prediction__"] = 0.0
+        assert r["outside_reference"] == pytest.approx(expected)
+        assert r["outside_reference_share"] == pytest.approx(max(expected.values()))
+    # What an alert rule sees: the prober covers least of the reference, the burst client
+    # jumps above its previous windows.
+    last = T0 + 3 * MINUTE
+    worst = max(
+        (r for r in activity if r["window_start"] == last),
+        key=lambda r: r["outside_reference_share"],
+    )
+    assert (worst["client_id"], worst["outside_reference_feature"]) == ("prober", "x")
+    jumps = [
+        r["client_id"]
+        for r in activity
+        if r["window_start"] == last and r["requests"] > 5 * (r["previous_requests"] or 0)
+    ]
+    assert jumps == ["burst"]
+
+    # The alert rule documented in docs/metrics.md, run as written at the end of the last window.
+    sink.insert("client_activity_rows", activity)
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    rule = re.search(r"<!-- alert-rule: client-activity -->\n```sql\n(.*?)```", doc, re.S)
+    assert rule is not None
+    sql = rule.group(1).replace("modelmon.", "").replace("now()", "{now:DateTime64(3)}")
+    _, alerts = sink.query(sql, {"now": (last + MINUTE) / 1000})
+    flagged = [(round(row[3].timestamp() * 1000) - T0, row[4]) for row in alerts]
+    probes = [(k * MINUTE, "prober") for k in range(3)]
+    assert flagged == [*probes, (3 * MINUTE, "burst"), (3 * MINUTE, "prober")]

@@ -90,6 +90,10 @@ def _integral_float(value: Any) -> bool:
     return isinstance(value, float) and value.is_integer()
 
 
+def _beyond_2_53(value: Any) -> bool:
+    return _integral_float(value) and abs(value) >= 2**53
+
+
 def neutralize(kind: str, obj: Event) -> tuple[Event, list[str]]:
     """``obj`` with each documented difference replaced by a value both sides read alike, and
     the names of the differences found. Everything else is compared as it is."""
@@ -114,6 +118,13 @@ def neutralize(kind: str, obj: Event) -> tuple[Event, list[str]]:
         )
         if tags_ok and _segment_key_len(segment) > 4 * MAX_NAME_LEN:
             out["segment"], hits = "", [*hits, "segment-length"]
+    if kind == "prediction" and out.get("task") != "regression":
+        labels = out.get("prediction")
+        many = isinstance(labels, list)
+        exact = [int(v) if _beyond_2_53(v) else v for v in (labels if many else [labels])]
+        if any(_beyond_2_53(v) for v in (labels if many else [labels])):
+            out["prediction"] = exact if many else exact[0]
+            hits = [*hits, "class-label-beyond-2**53"]
     # Python is looser than the contract here (True == 1); the schema follows the contract.
     if out.get("schema_version") is True:
         out["schema_version"], hits = 1, [*hits, "python-accepts-true-version"]
@@ -509,6 +520,7 @@ DIFFERENCES: list[tuple[str, str, Event]] = [
     ("integral-float", "training", _with("training", step=3.0)),
     ("integral-float", "training", _with("training", epoch=1.0)),
     ("integral-float", "interaction", _with("interaction", segment={"tier": 2.0})),
+    ("class-label-beyond-2**53", "prediction", _with("prediction", prediction=2.0**53)),
     ("segment-length", "prediction", _with("prediction", segment={"a": X * (4 * MAX_NAME_LEN)})),
     (
         "segment-length",

@@ -19,10 +19,25 @@ TTL = 120_000
 
 
 def pred(
-    eid: str, ts: int, y: str = "1", score: float = 0.8, segment: str = "", features: Any = None
+    eid: str,
+    ts: int,
+    y: str = "1",
+    score: float = 0.8,
+    segment: str = "",
+    features: Any = None,
+    client: str | None = None,
 ) -> Prediction:
     return Prediction(
-        eid, "m", "v1", ts, "binary", y, score=score, segment=segment, features=features
+        eid,
+        "m",
+        "v1",
+        ts,
+        "binary",
+        y,
+        score=score,
+        segment=segment,
+        features=features,
+        client_id=client,
     )
 
 
@@ -41,7 +56,7 @@ def new_state(**kw: Any) -> PartitionState:
         label_ttl_ms=TTL,
         auc_bins=100,
         detectors=DETECTORS,
-        **kw,
+        **{"max_clients": 3, **kw},
     )
 
 
@@ -60,6 +75,7 @@ def final_rows(emitted: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
             row["window_start"],
             row["partition"],
             row.get("class"),
+            row.get("client_id"),
             row.get("feature"),
         )
         if key not in out or row["version"] > out[key]["version"]:
@@ -77,10 +93,8 @@ def run(
         else:
             state.add_labels(offset, events)
         if (i + 1) % flush_every == 0:
-            rows = state.flush()
-            emitted += rows.windows + rows.classes + rows.features + rows.detections
-    rows = state.flush()
-    return emitted + rows.windows + rows.classes + rows.features + rows.detections
+            emitted += [r for _, rows in state.flush().by_table() for r in rows]
+    return emitted + [r for _, rows in state.flush().by_table() for r in rows]
 
 
 def test_join_in_either_order_counts_each_event_once() -> None:
@@ -142,7 +156,8 @@ def _stream(seed: int, n: int = 1500) -> tuple[list[list[Any]], list[list[Any]]]
         y_pred = y if rng.random() < (0.6 if worse else 0.95) else "10"[int(y)]
         score = min(max(rng.gauss(0.7 if worse else 0.5, 0.1), 0.0), 1.0)
         features = {"x": rng.gauss(2.0 if worse else 0.0, 1.0), "c": rng.choice("pqr")}
-        preds.append(pred(f"e{i}", ts, y_pred, score, rng.choice("ab"), features))
+        client = rng.choice([None, "c1", "c2", "c3", "c4", "c5"])  # more than max_clients
+        preds.append(pred(f"e{i}", ts, y_pred, score, rng.choice("ab"), features, client))
         if rng.random() < 0.9:
             labels.append(label(f"e{i}", ts + rng.randint(1_000, 200_000), y))
         if rng.random() < 0.05:
@@ -206,6 +221,7 @@ def test_restart_from_checkpoint_gives_the_rows_of_an_undisturbed_run(
     second = new_state(
         pred_max_ts=p_mark.max_ts if p_mark else None,
         label_max_ts=l_mark.max_ts if l_mark else None,
+        evicted_through=first.evicted_through,
     )
     saved = orjson.loads(orjson.dumps(first.detectors.to_state()))
     second.detectors = DetectorStreams(DETECTORS, saved)
@@ -238,3 +254,26 @@ def test_cardinality_is_bounded_per_window_and_the_overflow_counted() -> None:
     got = {(r["model"], r["segment"]): r["predictions"] for r in s.flush().windows}
     assert got == {("a", "s1"): 1, ("a", "s2"): 1, ("a", "__overflow__"): 2, ("b", "s1"): 1}
     assert (s.counters["overflow_segments"], s.counters["overflow_models"]) == (2, 1)
+
+
+def test_client_rows_count_requests_and_summarise_inputs_per_client() -> None:
+    s = new_state(max_clients=2)
+    clients = ["a", "b", "a", None, "c", "d", "a", "c"]
+    s.add_predictions(
+        0, [pred(f"e{i}", 1_000, features={"x": float(i)}, client=c) for i, c in enumerate(clients)]
+    )
+    rows = s.flush()
+    requests = {r["client_id"]: (r["requests"], r["version"]) for r in rows.clients}
+    # a and b came first; c and d share the overflow client; events without a client id count
+    # for the window only.
+    assert requests == {"a": (3, 3), "b": (1, 1), "__overflow__": (3, 3)}
+    assert s.counters["overflow_clients"] == 3
+    x = {r["client_id"]: r for r in rows.client_features if r["feature"] == "x"}
+    assert (x["a"]["min"], x["a"]["max"], x["a"]["present"]) == (0.0, 6.0, 3)
+    assert sum(x["__overflow__"]["sketch"].values()) == 3
+    assert x["a"]["values"] == []  # sketches only: per-client rows stay small
+    # Only clients with new predictions are emitted again.
+    s.add_predictions(1, [pred("e9", 2_000, features={"x": 1.0}, client="b")])
+    again = s.flush()
+    assert [(r["client_id"], r["requests"]) for r in again.clients] == [("b", 2)]
+    assert new_state(max_clients=0).flush().clients == []
