@@ -56,6 +56,10 @@ class ComputeRuntime:
         self.seen_input = False
         self.events_in = 0
         self.last_offsets: dict[TP, int] = {}  # the last offset processed, per partition
+        self.paused: dict[int, TP] = {}  # the topic paused because it leads, per partition
+        self.lead_ms = 1000 * (
+            settings.window_seconds + settings.label_ttl_seconds + settings.lateness_seconds
+        )
 
     # --- input ----------------------------------------------------------------------------
 
@@ -87,6 +91,43 @@ class ComputeRuntime:
             state.add_labels(message.offset, decoded.events)
         self.unacked.setdefault(tp, deque()).append(event)
         self.last_offsets[tp] = message.offset
+        self._pace(tp.partition, state)
+
+    def _pace(self, partition: int, state: PartitionState) -> None:
+        """Keep a partition's two topics within ``lead_ms`` of event time of each other.
+
+        Faust reads topics by bytes, not by time: with a backlog it runs far ahead in one
+        topic (labels are small), and everything read ahead waits in memory for the other.
+        So the topic that leads is paused while the other has unread messages, and resumed
+        once the other caught up in event time or has nothing left. What joins does not
+        depend on this (the join follows event time); only memory does.
+        """
+        pred_tp = TP(self.topics.predictions, partition)
+        label_tp = TP(self.topics.labels, partition)
+        lead = state.label_wm.max_ts - state.pred_wm.max_ts
+        if lead > self.lead_ms and self._behind(pred_tp):
+            ahead = label_tp
+        elif -lead > self.lead_ms and self._behind(label_tp):
+            ahead = pred_tp
+        else:
+            ahead = None
+        consumer = self.app.consumer
+        was = self.paused.get(partition)
+        if was is not None and was != ahead:
+            consumer.on_buffer_drop(was)
+        if ahead is not None:
+            # Faust's own way to stop fetching a partition whose buffer is full: it keeps
+            # delivering what was fetched already (pause_partitions would drop that). Again
+            # every time, as Faust's flow control may resume the partition meanwhile.
+            consumer.on_buffer_full(ahead)
+            self.paused[partition] = ahead
+        else:
+            self.paused.pop(partition, None)
+
+    def _behind(self, tp: TP) -> bool:
+        """The broker has messages of ``tp`` this worker has not processed yet."""
+        high = self.app.consumer.highwater(tp)
+        return bool(high) and self.last_offsets.get(tp, -1) + 1 < high
 
     async def _restore(self, state: PartitionState, tp: TP, offset: int) -> None:
         """Set the topic's watermark to the one it had at ``offset`` (where Faust resumed)."""
@@ -255,6 +296,7 @@ class ComputeRuntime:
             self.states.pop(tp.partition, None)
             self.unacked.pop(tp, None)
             self.last_offsets.pop(tp, None)
+            self.paused.pop(tp.partition, None)
             self.restored.discard(tp)
             self.checkpoints.pop(tp.partition, None)
             self.written.pop(tp.partition, None)
