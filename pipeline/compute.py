@@ -21,6 +21,7 @@ from faust.types import TP
 
 from pipeline.checkpoint import Checkpoint, read_checkpoints
 from pipeline.detection import DetectorStreams
+from pipeline.kafka import bound_fetch_bytes
 from pipeline.partition import PartitionState
 from pipeline.settings import Settings
 from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
@@ -32,6 +33,7 @@ from schemas.topics import Topics
 log = logging.getLogger(__name__)
 
 MAX_ROWS_MESSAGE_BYTES = 512 * 1024  # well under Kafka's default 1 MiB message limit
+FETCH_MAX_BYTES = 1024 * 1024  # per fetch request (at least one input message's worth)
 
 
 class ComputeRuntime:
@@ -70,6 +72,9 @@ class ComputeRuntime:
         self.last_input = time.monotonic()
         if self.first_input is None:
             self.first_input = self.last_input
+            bound_fetch_bytes(
+                self.app, max(FETCH_MAX_BYTES, self.settings.max_message_bytes + 65_536)
+            )
         self.seen_input = True
         state = self.states.get(tp.partition)
         if state is None:
@@ -99,8 +104,9 @@ class ComputeRuntime:
         Faust reads topics by bytes, not by time: with a backlog it runs far ahead in one
         topic (labels are small), and everything read ahead waits in memory for the other.
         So the topic that leads is paused while the other has unread messages, and resumed
-        once the other caught up in event time or has nothing left. What joins does not
-        depend on this (the join follows event time); only memory does.
+        once the other caught up in event time or has nothing left (checked after every
+        message and at every flush). What joins does not depend on this (the join follows
+        event time); only memory does.
         """
         pred_tp = TP(self.topics.predictions, partition)
         label_tp = TP(self.topics.labels, partition)
@@ -192,6 +198,7 @@ class ComputeRuntime:
         the checkpoints and acknowledge what live state released, so Faust commits it."""
         released: list[tuple[int, PartitionState, dict[str, Mark]]] = []
         for partition, state in list(self.states.items()):
+            self._pace(partition, state)  # also when the other topic has nothing left to read
             rows = state.flush()
             for table, batch in rows.by_table():
                 # A partition's rows stay in order (see Rows.by_table).

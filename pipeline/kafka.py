@@ -42,3 +42,14 @@ async def ensure_topics(
             await asyncio.sleep(0.2)
         finally:
             await admin.close()
+
+
+def bound_fetch_bytes(app: Any, max_bytes: int) -> None:
+    """Cap what one fetch request of the app's consumer returns, over all its partitions.
+
+    Faust sets only the per-partition limit, which some brokers (Tansu) do not apply; the
+    request's own limit (aiokafka's ``fetch_max_bytes``, 50 MiB by default) they do. What is
+    fetched ahead is what an input backlog puts in a worker's memory at once, so it is kept
+    to a few messages' worth. Faust does not pass the setting through, hence the attribute.
+    """
+    app.consumer._thread._consumer._fetcher._fetch_max_bytes = max_bytes
