@@ -79,9 +79,23 @@ class _Producer:
         return future
 
 
+class _Consumer:
+    """No broker: every message is already in hand, so no topic is ever behind."""
+
+    def highwater(self, tp: TP) -> None:
+        return None
+
+    def on_buffer_full(self, tp: TP) -> None:
+        pass
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        pass
+
+
 @dataclass(slots=True)
 class _App:
     producer: _Producer
+    consumer: _Consumer = field(default_factory=_Consumer)
 
 
 def _settings(topics: Topics) -> Settings:

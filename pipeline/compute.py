@@ -21,7 +21,6 @@ from faust.types import TP
 
 from pipeline.checkpoint import Checkpoint, read_checkpoints
 from pipeline.detection import DetectorStreams
-from pipeline.kafka import bound_fetch_bytes
 from pipeline.partition import PartitionState
 from pipeline.settings import Settings
 from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
@@ -33,7 +32,6 @@ from schemas.topics import Topics
 log = logging.getLogger(__name__)
 
 MAX_ROWS_MESSAGE_BYTES = 512 * 1024  # well under Kafka's default 1 MiB message limit
-FETCH_MAX_BYTES = 1024 * 1024  # per fetch request (at least one input message's worth)
 
 
 class ComputeRuntime:
@@ -69,9 +67,6 @@ class ComputeRuntime:
         self.last_input = time.monotonic()
         if self.first_input is None:
             self.first_input = self.last_input
-            bound_fetch_bytes(
-                self.app, max(FETCH_MAX_BYTES, self.settings.max_message_bytes + 65_536)
-            )
         self.seen_input = True
         state = self.states.get(tp.partition)
         if state is None:

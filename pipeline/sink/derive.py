@@ -72,8 +72,9 @@ class Deriver:
             changed[(r["model"], r["model_version"])].add((r["segment"], r["window_start"]))
         out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
         for (model, version), windows in changed.items():
-            for table, rows in self._model(model, version, windows).items():
-                out[table].extend(rows)
+            for chunk in _chunks(windows):
+                for table, rows in self._model(model, version, chunk).items():
+                    out[table].extend(rows)
         return out
 
     def rederive(self, models: Iterable[tuple[str, str]]) -> dict[str, list[Row]]:
@@ -87,8 +88,8 @@ class Deriver:
                 "AND model_version = {version:String}",
                 {"model": model, "version": version},
             )
-            if stored:
-                for table, rows in self._model(model, version, set(stored)).items():
+            for chunk in _chunks(set(stored)):
+                for table, rows in self._model(model, version, chunk).items():
                     out[table].extend(rows)
         return out
 
@@ -345,6 +346,18 @@ class _Clients:
                 }
             )
         return out
+
+
+#: Window starts derived per read of the partials: bounds the rows held at once (a batch
+#: that spans many windows, e.g. a sink catching up, reads them a few windows at a time).
+CHUNK_STARTS = 16
+
+
+def _chunks(windows: set[tuple[str, int]]) -> list[set[tuple[str, int]]]:
+    """``windows`` split into sets of at most ``CHUNK_STARTS`` distinct window starts."""
+    starts = sorted({ws for _, ws in windows})
+    groups = [set(starts[i : i + CHUNK_STARTS]) for i in range(0, len(starts), CHUNK_STARTS)]
+    return [{w for w in windows if w[1] in g} for g in groups]
 
 
 def _summaries(rows: Iterable[Row]) -> dict[str, Summary]:
