@@ -57,6 +57,9 @@ class ComputeRuntime:
         self.events_in = 0
         self.last_offsets: dict[TP, int] = {}  # the last offset processed, per partition
         self.paused: dict[int, TP] = {}  # the topic paused because it leads, per partition
+        self.lead_ms = 1000 * (
+            settings.window_seconds + settings.label_ttl_seconds + settings.lateness_seconds
+        )
 
     # --- input ----------------------------------------------------------------------------
 
@@ -91,7 +94,7 @@ class ComputeRuntime:
         self._pace(tp.partition, state)
 
     def _pace(self, partition: int, state: PartitionState) -> None:
-        """Keep a partition's two topics within ``state.lead_ms`` of event time of each other.
+        """Keep a partition's two topics within ``lead_ms`` of event time of each other.
 
         Faust reads topics by bytes, not by time: with a backlog it runs far ahead in one
         topic (labels are small), and everything read ahead waits in memory for the other.
@@ -103,9 +106,9 @@ class ComputeRuntime:
         pred_tp = TP(self.topics.predictions, partition)
         label_tp = TP(self.topics.labels, partition)
         lead = state.label_wm.max_ts - state.pred_wm.max_ts
-        if lead > state.lead_ms and self._behind(pred_tp):
+        if lead > self.lead_ms and self._behind(pred_tp):
             ahead = label_tp
-        elif -lead > state.lead_ms and self._behind(label_tp):
+        elif -lead > self.lead_ms and self._behind(label_tp):
             ahead = pred_tp
         else:
             ahead = None

@@ -13,9 +13,7 @@ exactly the state and rows of an undisturbed run:
   The one read first is kept until the *other* topic's watermark passes ``end + ttl``, which is
   exactly as long as a non-late partner could still satisfy the rule;
 - a window start's state (its windows, predictions and labels) is dropped once both watermarks
-  passed its end + ttl: nothing can join or change it any more. If labels stop (an empty or
-  stalled labels topic), predictions stop waiting once the prediction watermark is
-  ``lead_ms`` further: a label that comes after that finds its prediction expired.
+  passed its end + ttl: nothing can join or change it any more.
 
 A window's ``version`` counts the folds into it, so a state rebuilt from part of the input
 emits a lower version than the complete one and loses to it in ClickHouse.
@@ -194,10 +192,6 @@ class PartitionState:
         self.max_segments = max_segments
         self.max_clients = max_clients
         self.label_ttl_ms = label_ttl_ms
-        #: How far one topic's watermark may lead the other's: the compute stage pauses the
-        #: leading topic beyond it, and predictions stop waiting for labels once their own
-        #: watermark is this far past end + ttl (the labels topic is empty or stalled).
-        self.lead_ms = window_ms + label_ttl_ms + lateness_ms
         self.auc_bins = auc_bins
         self.pred_wm = Watermark(lateness_ms)
         self.label_wm = Watermark(lateness_ms)
@@ -483,9 +477,7 @@ class PartitionState:
             horizon = start + self.window_ms + self.label_ttl_ms
             if not (self.label_wm.passed(horizon) or self.pred_wm.passed(horizon)):
                 break  # later buckets have later horizons
-            if not bucket.preds_closed and (
-                self.label_wm.passed(horizon) or self.pred_wm.passed(horizon + self.lead_ms)
-            ):
+            if not bucket.preds_closed and self.label_wm.passed(horizon):
                 bucket.preds_closed = True
                 expired = [p for p in bucket.preds.values() if p.open]
                 for pred in expired:
