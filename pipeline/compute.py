@@ -103,9 +103,11 @@ class ComputeRuntime:
         message and at every flush). What joins does not depend on this (the join follows
         event time); only memory does.
         """
+        lead = state.label_wm.max_ts - state.pred_wm.max_ts
+        if -self.lead_ms <= lead <= self.lead_ms and partition not in self.paused:
+            return  # the usual case, on the per-message path
         pred_tp = TP(self.topics.predictions, partition)
         label_tp = TP(self.topics.labels, partition)
-        lead = state.label_wm.max_ts - state.pred_wm.max_ts
         if lead > self.lead_ms and self._behind(pred_tp):
             ahead = label_tp
         elif -lead > self.lead_ms and self._behind(label_tp):

@@ -295,10 +295,12 @@ def flood(deployment: Any, predictions_count: int) -> tuple[float, str]:
 def test_producer_outpacing_the_compute_worker_leaves_its_memory_bounded(
     deployment: Any,
 ) -> None:
-    """Twice the backlog, not twice the memory: what the worker holds beyond its warm state is
+    """Four times the backlog, not more memory: what the worker holds beyond its warm state is
     what it reads ahead (a fetch, its stream buffer, and the leading topic's events waiting
-    for the other), whatever waits in Kafka. Unpaced, the growth went with the backlog: 135-150
-    MiB at 616k events, 200 MiB at 1.23M."""
-    small, small_numbers = flood(deployment, PREDICTIONS // 2)
+    for the other), whatever waits in Kafka. Unpaced, the growth went with the backlog: 60 MiB
+    at 154k events, 135-150 MiB at 616k, 200 MiB at 1.23M."""
+    small, small_numbers = flood(deployment, PREDICTIONS // 4)
     large, large_numbers = flood(deployment, PREDICTIONS)
-    assert large < 1.2 * small + 8, (small_numbers, large_numbers)
+    # Measured: 52-59 MiB at 154k-308k events, 58-79 at 616k, 74 at 1.23M (run to run, the
+    # allocator moves it by ~20 MiB); unpaced it was 60 at 154k and 135-150 at 616k.
+    assert large < 1.6 * small + 10, (small_numbers, large_numbers)
