@@ -240,7 +240,6 @@ class PartitionState:
         label_index = self.label_index
         counters = self.counters
         detectors = self.detectors if self.detectors.names else None
-        final_through = self._final_through()
         pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] | None = None
         for p in preds:
             ts = p.ts_ms
@@ -252,9 +251,7 @@ class PartitionState:
                 counters["duplicate_predictions"] += 1
                 continue
             start = ts - ts % window_ms
-            bucket = buckets.get(start)
-            if bucket is None:
-                bucket = buckets[start] = _Bucket(final=start <= final_through)
+            bucket = buckets.get(start) or self._new_bucket(start)
             first = bucket.first_pred
             if first is None or offset < first.offset:
                 bucket.first_pred = mark
@@ -309,7 +306,6 @@ class PartitionState:
         pred_index = self.pred_index
         label_index = self.label_index
         counters = self.counters
-        final_through = self._final_through()
         pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] = {}
         for lab in labels:
             ts = lab.ts_ms
@@ -321,9 +317,7 @@ class PartitionState:
                 counters["duplicate_labels"] += 1
                 continue
             start = ts - ts % window_ms
-            bucket = buckets.get(start)
-            if bucket is None:
-                bucket = buckets[start] = _Bucket(final=start <= final_through)
+            bucket = buckets.get(start) or self._new_bucket(start)
             first = bucket.first_label
             if first is None or offset < first.offset:
                 bucket.first_label = mark
@@ -343,9 +337,11 @@ class PartitionState:
         self._fold(pairs, mark)
         self.next_label = Mark(offset + 1, max_ts)
 
-    def _final_through(self) -> int:
-        """Window starts up to this one were dropped after their final rows were emitted."""
-        return NEVER if self.evicted_through is None else self.evicted_through
+    def _new_bucket(self, start: int) -> _Bucket:
+        """A bucket for a window start not held; *final* if that start was dropped already."""
+        evicted = self.evicted_through
+        bucket = self.buckets[start] = _Bucket(final=evicted is not None and start <= evicted)
+        return bucket
 
     def _admit(self, bucket: _Bucket, key: WindowKey) -> WindowKey | None:
         """Bound a window start's cardinality: a model past ``max_models`` is not folded (and
@@ -495,7 +491,8 @@ class PartitionState:
                 for event_id in bucket.labels:
                     del self.label_index[event_id]
                 del self.buckets[start]
-                self.evicted_through = max(start, self._final_through())
+                if self.evicted_through is None or start > self.evicted_through:
+                    self.evicted_through = start
 
     def low_watermarks(self) -> tuple[Mark | None, Mark | None]:
         """(predictions, labels): the first offset live state needs in each topic, with the
