@@ -32,6 +32,7 @@ from schemas.topics import Topics
 log = logging.getLogger(__name__)
 
 MAX_ROWS_MESSAGE_BYTES = 512 * 1024  # well under Kafka's default 1 MiB message limit
+_VALID = {"prediction": "predictions_valid", "label": "labels_valid"}  # counter per kind
 
 
 class ComputeRuntime:
@@ -82,14 +83,18 @@ class ComputeRuntime:
         decoded = decode_message(message.value, kind, self.settings.max_message_bytes)
         for rejected in decoded.rejected:
             self._dead_letter(message, rejected)
-        self.counters[(tp.partition, f"{kind}s_valid")] += len(decoded.events)
-        self.counters[(tp.partition, "dead_letters")] += len(decoded.rejected)
+        counters = self.counters
+        counters[(tp.partition, _VALID[kind])] += len(decoded.events)
+        counters[(tp.partition, "dead_letters")] += len(decoded.rejected)
         self.events_in += len(decoded.events) + len(decoded.rejected)
         if kind == "prediction":
             state.add_predictions(message.offset, decoded.events)
         else:
             state.add_labels(message.offset, decoded.events)
-        self.unacked.setdefault(tp, deque()).append(event)
+        pending = self.unacked.get(tp)
+        if pending is None:
+            pending = self.unacked[tp] = deque()
+        pending.append(event)
         self.last_offsets[tp] = message.offset
         self._pace(tp.partition, state)
 

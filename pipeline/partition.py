@@ -92,6 +92,7 @@ class _Window:
     max_clients: int
     version: int = 0
     dirty: bool = True
+    features_dirty: bool = False  # predictions were folded since the feature rows were read
     preds: list[Prediction] = field(default_factory=list)
     y_true: list[Any] = field(default_factory=list)
     y_pred: list[Any] = field(default_factory=list)
@@ -102,6 +103,7 @@ class _Window:
     def settle(self, counters: Counter[str]) -> None:
         """Fold what waits into the accumulators."""
         if self.preds:
+            self.features_dirty = True
             preds, self.preds = self.preds, []
             self.acc.add_predictions(len(preds))
             observed = [_observed(p) for p in preds]
@@ -450,7 +452,11 @@ class PartitionState:
                 totals, per_class = w.acc.rows()
                 window_rows.append(base | totals)
                 class_rows.extend(base | c for c in per_class)
-                feature_rows.extend(base | f for f in w.features.rows())
+                if w.features_dirty:  # labels change no feature: no new rows, no re-derive
+                    w.features_dirty = False
+                    # Versioned by the predictions folded in, the only thing they depend on.
+                    feature_base = base | {"version": w.features.events}
+                    feature_rows.extend(feature_base | f for f in w.features.rows())
                 for client in sorted(w.dirty_clients):
                     summary = w.clients[client]
                     # A client's rows are versioned by its own predictions in the window.
