@@ -90,6 +90,11 @@ class Settings:
     max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
     sink_batch_messages: int = _setting(100, "metrics messages per ClickHouse insert, at most")
     sink_batch_seconds: float = _setting(1.0, "longest wait before a partial sink batch is written")
+    sink_insert_bytes: int = _setting(
+        8_388_608,
+        "metrics bytes a sink decodes and inserts at once (a batch is inserted in such parts"
+        " and derived once): bounds the sink's memory when it catches up",
+    )
     data_dir: str = _setting("./modelmon-data", "local directory for worker state files")
     idle_exit_seconds: float = _setting(
         0.0, "stop the worker after this long with no input and nothing unwritten (0 = never)"
@@ -133,6 +138,7 @@ class Settings:
             "window_seconds",
             "auc_bins",
             "sink_batch_messages",
+            "sink_insert_bytes",
             "max_models",
             "max_segments",
         ):

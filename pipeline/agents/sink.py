@@ -11,7 +11,7 @@ import faust
 
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink, redact
-from pipeline.sink.derive import Deriver
+from pipeline.sink.derive import Deriver, WindowRef, window_of
 from schemas.rows import decode_rows
 from schemas.topics import Topics
 
@@ -97,23 +97,43 @@ class SinkRuntime:
             self.targets[result_set] = (sink, Deriver(sink, self.settings))
         return self.targets[result_set]
 
-    def _write(self, sets: dict[str, dict[str, list[dict]]]) -> None:
+    def _write(self, events: list[faust.EventT], counters: dict[str, int]) -> dict[str, int]:
         """Insert, then derive drift, data quality and client activity for the windows whose
-        feature or client summaries changed (blocking: runs in a worker thread)."""
-        for result_set, tables in sets.items():
+        feature or client summaries changed (blocking: runs in a worker thread).
+
+        The batch is decoded and inserted ``sink_insert_bytes`` of messages at a time, which
+        bounds the rows in memory; what changed is derived once, after the last part. Returns
+        ``counters`` with the rows written added (written with the batch)."""
+        counters = dict(counters)
+        profiles: dict[str, set[tuple[str, str]]] = {}
+        changed: dict[str, set[WindowRef]] = {}
+        for part in _parts(events, self.settings.sink_insert_bytes):
+            sets = self.batch(part)
+            for result_set, tables in sets.items():
+                sink, _ = self._target(result_set)
+                for table, rows in tables.items():
+                    sink.insert(table, rows)
+                    counters["rows_written"] += len(rows)
+                profiles.setdefault(result_set, set()).update(
+                    (r["model"], r["model_version"]) for r in tables.get("reference_profiles", ())
+                )
+                changed.setdefault(result_set, set()).update(
+                    window_of(r)
+                    for table in ("feature_partials", "client_partials")
+                    for r in tables.get(table, ())
+                )
+        self.open().insert("pipeline_counters", self._counter_rows(counters))
+        for result_set in profiles.keys() | changed.keys():
             sink, deriver = self._target(result_set)
-            for table, rows in tables.items():
-                sink.insert(table, rows)
             derived = []
-            if tables.get("reference_profiles"):
-                models = {(r["model"], r["model_version"]) for r in tables["reference_profiles"]}
-                derived.append(deriver.rederive(models))
-            changed = [*tables.get("feature_partials", ()), *tables.get("client_partials", ())]
-            if changed:
-                derived.append(deriver.derive(changed))
+            if profiles.get(result_set):
+                derived.append(deriver.rederive(profiles[result_set]))
+            if changed.get(result_set):
+                derived.append(deriver.derive(changed[result_set]))
             for by_table in derived:
                 for table, rows in by_table.items():
                     sink.insert(f"{table}_rows", rows)
+        return counters
 
     async def write(self, events: list[faust.EventT]) -> None:
         """Insert everything in ``events``; retry with backoff until ClickHouse accepts it.
@@ -122,22 +142,14 @@ class SinkRuntime:
         self.last_input = time.monotonic()
         self.seen_input = True
         self.busy = True
-        sets = self.batch(events)
-        rows = sum(len(batch) for tables in sets.values() for batch in tables.values())
         delay = 0.5
         failed_at: float | None = None
         while True:
             counters = dict(self.counters)
-            counters["rows_written"] += rows
             if failed_at is not None:
                 counters["outage_ms"] += int((time.monotonic() - failed_at) * 1000)
             try:
-                live = dict(sets.get("", {}))
-                live["pipeline_counters"] = [
-                    *live.get("pipeline_counters", []),
-                    *self._counter_rows(counters),
-                ]
-                await asyncio.to_thread(self._write, sets | {"": live})
+                counters = await asyncio.to_thread(self._write, events, counters)
             except Exception as exc:
                 failed_at = failed_at or time.monotonic()
                 self.counters["write_failures"] += 1
@@ -162,6 +174,21 @@ class SinkRuntime:
             self.busy = False
             self.last_input = time.monotonic()
             return
+
+
+def _parts(events: list[faust.EventT], max_bytes: int) -> list[list[faust.EventT]]:
+    """``events`` in order, split into runs of at most ``max_bytes`` of message values (a
+    larger message is a run of its own)."""
+    parts: list[list[faust.EventT]] = []
+    size = max_bytes
+    for event in events:
+        n = len(event.message.value or b"")
+        if size + n > max_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(event)
+        size += n
+    return parts
 
 
 def register(app: faust.App, runtime: SinkRuntime) -> None:

@@ -34,6 +34,7 @@ from pipeline.estimators.drift import (
     Summary,
     compare,
     decide,
+    exact_sum,
     out_of_range_rate,
     outside_reference,
     type_mismatch,
@@ -43,9 +44,24 @@ from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink
 
 Row = dict[str, Any]
+WindowRef = tuple[str, str, str, int]  # model, model_version, segment, window start (ms)
 DERIVED_TABLES = ("drift", "data_quality", "client_activity")
 SUMMARY_COLUMNS = (
     "feature, present, numeric, nonfinite, text, sum, sum_sq, min, max, sketch, categories, values"
+)
+#: One feature's partials merged in ClickHouse (GROUP BY ..., feature): counts summed,
+#: sketches and categories by ``sumMap``, raw values concatenated while every partial kept
+#: them (else empty, which :meth:`Summary.from_rows` reads as "not kept"). The float sums
+#: come back as arrays, summed exactly in Python (``_merged``); the aliases differ from the
+#: column names, which ClickHouse would otherwise substitute inside other aggregates.
+MERGED_COLUMNS = (
+    "feature, sum(present) AS m_present, sum(numeric) AS m_numeric, "
+    "sum(nonfinite) AS m_nonfinite, sum(text) AS m_text, "
+    "groupArray(ifNull(sum, nan)) AS m_sums, groupArray(ifNull(sum_sq, nan)) AS m_squares, "
+    "min(min) AS m_min, max(max) AS m_max, sumMap(sketch) AS m_sketch, "
+    "sumMap(categories) AS m_categories, "
+    "if(min(length(values) = numeric - nonfinite), arrayFlatten(groupArray(values)), []) "
+    "AS m_values, sum(version) AS m_version"
 )
 
 
@@ -64,17 +80,16 @@ class Deriver:
             if m.kind == "effect" and m.name not in settings.drift_deciders
         }
 
-    def derive(self, partial_rows: Iterable[Row]) -> dict[str, list[Row]]:
-        """Rows for the ``drift``, ``data_quality`` and ``client_activity`` tables of every
-        window named in ``partial_rows`` (feature or client partials just inserted)."""
+    def derive(self, windows: Iterable[WindowRef]) -> dict[str, list[Row]]:
+        """Rows for the ``drift``, ``data_quality`` and ``client_activity`` tables of these
+        windows (those of feature or client partials just inserted, see :func:`window_of`)."""
         changed: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
-        for r in partial_rows:
-            changed[(r["model"], r["model_version"])].add((r["segment"], r["window_start"]))
+        for model, version, segment, ws in windows:
+            changed[(model, version)].add((segment, ws))
         out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
         for (model, version), windows in changed.items():
-            for chunk in _chunks(windows):
-                for table, rows in self._model(model, version, chunk).items():
-                    out[table].extend(rows)
+            for table, rows in self._model(model, version, windows).items():
+                out[table].extend(rows)
         return out
 
     def rederive(self, models: Iterable[tuple[str, str]]) -> dict[str, list[Row]]:
@@ -88,95 +103,97 @@ class Deriver:
                 "AND model_version = {version:String}",
                 {"model": model, "version": version},
             )
-            for chunk in _chunks(set(stored)):
-                for table, rows in self._model(model, version, chunk).items():
-                    out[table].extend(rows)
+            for table, rows in self._model(model, version, set(stored)).items():
+                out[table].extend(rows)
         return out
 
     def _model(
         self, model: str, version: str, windows: set[tuple[str, int]]
     ) -> dict[str, list[Row]]:
-        lo = min(ws for _, ws in windows) - self.settings.drift_previous_windows * self.window_ms
-        hi = max(ws for _, ws in windows)
-        params = {"model": model, "version": version, "lo": lo, "hi": hi}
-        in_range = (
-            "WHERE model = {model:String} AND model_version = {version:String} AND window_start "
-            "BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
-            "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
-        )
-        by_window: dict[tuple[str, int], list[Row]] = defaultdict(list)
-        for r in self._rows(
-            f"SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, partition, version, "
-            f"{SUMMARY_COLUMNS} FROM feature_partials FINAL {in_range}",
-            params,
-        ):
-            by_window[(r["segment"], r["ws"])].append(r)
-        events = {
-            (r["segment"], r["ws"]): r["events"]
-            for r in self._rows(
-                "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, "
-                f"sum(predictions) AS events FROM quality_partials FINAL {in_range} "
-                "GROUP BY segment, ws",
-                params,
-            )
-        }
-        clients = _Clients(self, params, in_range, min(ws for _, ws in windows))
+        """Rows of one model's windows, a few window starts at a time in ascending order; each
+        window's partials are read and merged once, and kept while later windows need them
+        as their reference."""
+        previous_ms = self.settings.drift_previous_windows * self.window_ms
+        summaries = _WindowSummaries(self, model, version)
         profile = self._profile(model, version)
-        range_rows = self._range_rows(model, version) if self.reference_range else {}
+        range_windows = (
+            _WindowSummaries(self, model, version).load(*self.reference_range, end_open=True)
+            if self.reference_range
+            else None
+        )
         out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
-        for segment, ws in sorted(windows):
-            rows = by_window.get((segment, ws), [])
-            if self.reference_range is None:
-                baseline = f"previous:{self.settings.drift_previous_windows}"
-                previous = [
-                    r
-                    for k in range(1, self.settings.drift_previous_windows + 1)
-                    for r in by_window.get((segment, ws - k * self.window_ms), [])
-                ]
-            else:
-                baseline = f"range:{self.settings.drift_reference_range}"
-                previous = [
-                    r
-                    for (seg, start), rs in range_rows.items()
-                    if seg == segment and start != ws  # never the window itself
-                    for r in rs
-                ]
-            key = {
-                "model": model,
-                "model_version": version,
-                "segment": segment,
-                "window_start": ws,
-                "window_end": ws + self.window_ms,
+        for chunk in _chunks(windows):
+            first, last = min(ws for _, ws in chunk), max(ws for _, ws in chunk)
+            summaries.load(first - previous_ms, last)
+            params = {"model": model, "version": version, "lo": first - previous_ms, "hi": last}
+            in_range = (
+                "WHERE model = {model:String} AND model_version = {version:String} "
+                "AND window_start BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+                "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
+            )
+            events = {
+                (r["segment"], r["ws"]): r["events"]
+                for r in self._rows(
+                    "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, "
+                    f"sum(predictions) AS events FROM quality_partials FINAL {in_range} "
+                    "GROUP BY segment, ws",
+                    params,
+                )
             }
-            window = _summaries(rows)
-            references = self._references(window, (baseline, previous), profile)
-            window_events = events.get((segment, ws), 0)
-            if rows:
-                drift, quality = self._window(window, references, window_events)
-                partials_version = sum({r["partition"]: r["version"] for r in rows}.values())
-                out["drift"] += [key | r | {"version": partials_version} for r in drift]
-                out["data_quality"] += [key | r | {"version": partials_version} for r in quality]
-            out["client_activity"] += [
-                key | r for r in clients.rows(segment, ws, references, window_events)
-            ]
+            clients = _Clients(self, params, in_range, first)
+            for segment, ws in sorted(chunk):
+                if range_windows is None:
+                    baseline = f"previous:{self.settings.drift_previous_windows}"
+                    previous = [
+                        summaries.features(segment, ws - k * self.window_ms)
+                        for k in range(1, self.settings.drift_previous_windows + 1)
+                    ]
+                else:
+                    baseline = f"range:{self.settings.drift_reference_range}"
+                    previous = [
+                        features
+                        for (seg, start), features in range_windows.windows.items()
+                        if seg == segment and start != ws  # never the window itself
+                    ]
+                key = {
+                    "model": model,
+                    "model_version": version,
+                    "segment": segment,
+                    "window_start": ws,
+                    "window_end": ws + self.window_ms,
+                }
+                window = summaries.features(segment, ws)
+                references = self._references(window, (baseline, previous), profile)
+                window_events = events.get((segment, ws), 0)
+                if window:
+                    drift, quality = self._window(window, references, window_events)
+                    partials_version = summaries.versions[(segment, ws)]
+                    out["drift"] += [key | r | {"version": partials_version} for r in drift]
+                    out["data_quality"] += [
+                        key | r | {"version": partials_version} for r in quality
+                    ]
+                out["client_activity"] += [
+                    key | r for r in clients.rows(segment, ws, references, window_events)
+                ]
         return out
 
     def _references(
         self,
         window: Mapping[str, Summary],
-        baseline: tuple[str, list[Row]],
+        baseline: tuple[str, list[Mapping[str, Summary]]],
         profile: Mapping[str, Summary],
     ) -> dict[str, tuple[str, Summary]]:
         """(name, summary) of each feature's reference: the profile when it has the feature,
         else the baseline windows."""
-        baseline_name, baseline_rows = baseline
-        rolling = _summaries(baseline_rows)
+        baseline_name, baseline_windows = baseline
         references: dict[str, tuple[str, Summary]] = {}
         for feature in window:
             if feature in profile:
                 references[feature] = (f"profile:{self.settings.drift_profile}", profile[feature])
-            elif feature in rolling:
-                references[feature] = (baseline_name, rolling[feature])
+                continue
+            parts = [w[feature] for w in baseline_windows if feature in w]
+            if parts:
+                references[feature] = (baseline_name, Summary.merge(parts))
         return references
 
     def _window(
@@ -249,22 +266,6 @@ class Deriver:
         """The method's threshold; None when it does not decide."""
         return self.thresholds.get(method, METHODS[method].threshold)
 
-    def _range_rows(self, model: str, version: str) -> dict[tuple[str, int], list[Row]]:
-        """Partials of the fixed reference range, by (segment, window start)."""
-        assert self.reference_range is not None
-        lo, hi = self.reference_range
-        out: dict[tuple[str, int], list[Row]] = defaultdict(list)
-        for r in self._rows(
-            f"SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, {SUMMARY_COLUMNS} "
-            "FROM feature_partials FINAL WHERE model = {model:String} "
-            "AND model_version = {version:String} "
-            "AND window_start >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
-            "AND window_start < fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
-            {"model": model, "version": version, "lo": lo, "hi": hi},
-        ):
-            out[(r["segment"], r["ws"])].append(r)
-        return out
-
     def _profile(self, model: str, version: str) -> dict[str, Summary]:
         rows = self._rows(
             f"SELECT {SUMMARY_COLUMNS} FROM reference_profiles FINAL "
@@ -277,6 +278,62 @@ class Deriver:
     def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         columns, rows = self.sink.query(sql, params)
         return [dict(zip(columns, r, strict=True)) for r in rows]
+
+    def _merged_rows(
+        self, table: str, keys: str, where: str, params: Mapping[str, Any]
+    ) -> list[Row]:
+        """One row per window, ``keys`` and feature of ``table``: its partitions' partials
+        merged (``MERGED_COLUMNS``), in the shape of a partial row, ``version`` their sum."""
+        return [
+            _merged(r)
+            for r in self._rows(
+                f"SELECT {keys}, toUnixTimestamp64Milli(window_start) AS ws, {MERGED_COLUMNS} "
+                f"FROM {table} FINAL {where} GROUP BY {keys}, ws, feature",
+                params,
+            )
+        ]
+
+
+class _WindowSummaries:
+    """Each window's feature summaries (its partials merged) of one model, read from
+    ``feature_partials`` by ascending ranges of window starts, and the sum of each window's
+    partial versions."""
+
+    def __init__(self, deriver: Deriver, model: str, version: str) -> None:
+        self.deriver = deriver
+        self.params = {"model": model, "version": version}
+        self.windows: dict[tuple[str, int], dict[str, Summary]] = {}
+        self.versions: dict[tuple[str, int], int] = {}
+        self.read_through: int | None = None
+
+    def load(self, lo: int, hi: int, end_open: bool = False) -> _WindowSummaries:
+        """Have the windows starting in [lo, hi] (or [lo, hi)); forget those before ``lo``."""
+        for key in [k for k in self.windows if k[1] < lo]:
+            del self.windows[key], self.versions[key]
+        if self.read_through is not None:
+            lo = max(lo, self.read_through + 1)
+        if lo > hi:
+            return self
+        below = "<" if end_open else "<="
+        by_window: dict[tuple[str, int], list[Row]] = defaultdict(list)
+        for r in self.deriver._merged_rows(
+            "feature_partials",
+            "segment",
+            "WHERE model = {model:String} AND model_version = {version:String} "
+            "AND window_start >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+            f"AND window_start {below} fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')",
+            {**self.params, "lo": lo, "hi": hi},
+        ):
+            by_window[(r["segment"], r["ws"])].append(r)
+        for key, rows in by_window.items():
+            self.windows[key] = _summaries(rows)
+            # Every feature of a partition's window is emitted with the same version.
+            self.versions[key] = max(r["version"] for r in rows)
+        self.read_through = hi
+        return self
+
+    def features(self, segment: str, ws: int) -> dict[str, Summary]:
+        return self.windows.get((segment, ws), {})
 
 
 class _Clients:
@@ -297,9 +354,9 @@ class _Clients:
             self.requests[(r["segment"], r["ws"])][r["client_id"]] = r["requests"]
         self.features: dict[tuple[str, int, str], list[Row]] = defaultdict(list)
         if self.requests:
-            for r in deriver._rows(
-                "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, client_id, "
-                f"{SUMMARY_COLUMNS} FROM client_feature_partials FINAL "
+            for r in deriver._merged_rows(
+                "client_feature_partials",
+                "segment, client_id",
                 "WHERE model = {model:String} AND model_version = {version:String} "
                 "AND window_start BETWEEN fromUnixTimestamp64Milli({first:Int64}, 'UTC') "
                 "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
@@ -350,7 +407,7 @@ class _Clients:
 
 #: Window starts derived per read of the partials: bounds the rows held at once (a batch
 #: that spans many windows, e.g. a sink catching up, reads them a few windows at a time).
-CHUNK_STARTS = 16
+CHUNK_STARTS = 4
 
 
 def _chunks(windows: set[tuple[str, int]]) -> list[set[tuple[str, int]]]:
@@ -358,6 +415,19 @@ def _chunks(windows: set[tuple[str, int]]) -> list[set[tuple[str, int]]]:
     starts = sorted({ws for _, ws in windows})
     groups = [set(starts[i : i + CHUNK_STARTS]) for i in range(0, len(starts), CHUNK_STARTS)]
     return [{w for w in windows if w[1] in g} for g in groups]
+
+
+def window_of(row: Mapping[str, Any]) -> WindowRef:
+    """The window a partial row belongs to."""
+    return row["model"], row["model_version"], row["segment"], row["window_start"]
+
+
+def _merged(row: Row) -> Row:
+    """A ``MERGED_COLUMNS`` row in the shape of a partial row (float sums summed exactly)."""
+    out = {k[2:] if k.startswith("m_") else k: v for k, v in row.items()}
+    out["sum"] = exact_sum(out.pop("sums"))
+    out["sum_sq"] = exact_sum(out.pop("squares"))
+    return out
 
 
 def _summaries(rows: Iterable[Row]) -> dict[str, Summary]:

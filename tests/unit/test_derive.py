@@ -15,7 +15,7 @@ from pipeline.partition import PartitionState
 from pipeline.reference import profile_rows
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink
-from pipeline.sink.derive import Deriver
+from pipeline.sink.derive import Deriver, window_of
 from schemas.events import Prediction
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -152,7 +152,7 @@ def test_client_activity_finds_the_prober_and_the_burst(chdb_path: Path) -> None
     for table, batch in rows.by_table():
         sink.insert(table, batch)
     settings = Settings.load(env={}, overrides={"drift_previous_windows": 2})
-    activity = Deriver(sink, settings).derive(rows.clients)["client_activity"]
+    activity = Deriver(sink, settings).derive(map(window_of, rows.clients))["client_activity"]
     got = {(r["window_start"], r["client_id"]): r for r in activity}
     assert set(got) == set(sent)
     for (ws, client), events in sent.items():

@@ -277,3 +277,38 @@ def test_unseen_categories_and_type_mismatch() -> None:
     hidden = unseen_categories(Summary.from_values(["zz"] * 4), capped)
     assert hidden.count + hidden.error_bound * hidden.total == 4
     assert OTHER not in capped.categories
+
+
+@pytest.mark.parametrize(("name", "shift"), CASES)
+def test_large_raw_samples_give_scipys_numbers(name: str, shift: float) -> None:
+    """Past ``KS_EXACT_MAX_PRODUCT`` raw values still give ks_2samp's statistic (and its
+    asymptotic p-value), and ``wasserstein`` is scipy's, from one shared pass over both."""
+    w, r = pair(name, shift, 1200, 1900)
+    window, reference = summaries(w, r, exact_max=2000)
+    got = ks(window, reference)
+    ref = stats.ks_2samp(w, r, method="asymp")
+    assert got.exact and got.statistic == ref.statistic and got.p_value == ref.pvalue
+    exact = stats.wasserstein_distance(w, r)
+    assert wasserstein(window, reference).statistic == pytest.approx(exact, rel=1e-12, abs=0)
+
+
+def test_merge_equals_from_rows_of_every_part() -> None:
+    """Merging summaries gives what summing all their partial rows gives: the category cap,
+    raw values and sketches exactly, the float sums up to rounding."""
+    g = np.random.default_rng(3)
+    windows = [FeatureWindow(max_categories=10, exact_max=400, projections=0) for _ in range(3)]
+    for w in windows:
+        w.update_column("x", g.normal(size=300).tolist() + [f"c{k}" for k in g.integers(0, 40, 80)])
+    rows = [[r for r in w.rows() if r["feature"] == "x"] for w in windows]
+    merged = Summary.merge([Summary.from_rows(rs, max_categories=10) for rs in rows])
+    direct = Summary.from_rows([r for rs in rows for r in rs], max_categories=10)
+    for name in ("present", "numeric", "nonfinite", "text", "min", "max", "sketch"):
+        assert getattr(merged, name) == getattr(direct, name), name
+    assert (merged.categories, merged.other) == (direct.categories, direct.other)
+    assert np.array_equal(merged.values, direct.values)
+    assert merged.sum == pytest.approx(direct.sum, rel=1e-12)
+    assert merged.sum_sq == pytest.approx(direct.sum_sq, rel=1e-12)
+    big = FeatureWindow(exact_max=10, projections=0)
+    big.update_column("x", g.normal(size=50).tolist())
+    capped = Summary.from_rows(big.rows())
+    assert capped.values is None and Summary.merge([merged, capped]).values is None
