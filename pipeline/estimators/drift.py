@@ -153,10 +153,12 @@ class Summary:
         first = parts[0]
         if len(parts) == 1:
             return first
-        sketch: dict[int, int] = {}
+        index, inverse = np.unique(
+            np.concatenate([p.buckets[0] for p in parts]), return_inverse=True
+        )
+        counts = np.bincount(inverse, np.concatenate([p.buckets[1] for p in parts]))
         categories: dict[str, int] = {}
         for part in parts:
-            _add(sketch, part.sketch)
             _add(categories, part.categories)
         values = [p.values for p in parts]
         other = sum(p.other for p in parts) + cap_categories(categories, first.max_categories)
@@ -169,7 +171,7 @@ class Summary:
             sum_sq=exact_sum([p.sum_sq for p in parts]),
             min=min(p.min for p in parts),
             max=max(p.max for p in parts),
-            sketch=dict(sorted(sketch.items())),
+            sketch=dict(zip(index.tolist(), counts.astype(np.int64).tolist(), strict=True)),
             categories=dict(sorted(categories.items())),
             other=other,
             values=None
@@ -202,6 +204,14 @@ class Summary:
     def from_series(cls, series: Any, **options: Any) -> Summary:
         """:meth:`from_values` of a pandas Series, its NA values (NaN included) as missing."""
         return cls.from_values(series.dropna().to_numpy(), **options)
+
+    @functools.cached_property
+    def buckets(self) -> tuple[np.ndarray, np.ndarray]:
+        """``sketch`` as arrays: the bucket indices, ascending, and their counts (float64)."""
+        index = np.fromiter(self.sketch.keys(), np.int64, len(self.sketch))
+        counts = np.fromiter(self.sketch.values(), np.float64, len(self.sketch))
+        order = np.argsort(index, kind="stable")
+        return _frozen(index[order]), _frozen(counts[order])
 
     @property
     def count(self) -> int:
@@ -287,10 +297,12 @@ def _undefined(method: str, n_window: int, n_reference: int, test: bool) -> Resu
 
 def _aligned(window: Summary, reference: Summary) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sorted union of the bucket indices and both sketches' counts on it."""
-    index = sorted(set(window.sketch) | set(reference.sketch))
-    cw = np.array([window.sketch.get(i, 0) for i in index], dtype=np.float64)
-    cr = np.array([reference.sketch.get(i, 0) for i in index], dtype=np.float64)
-    return np.array(index, dtype=np.int64), cw, cr
+    (iw, nw), (ir, nr) = window.buckets, reference.buckets
+    index = np.union1d(iw, ir)
+    cw, cr = np.zeros(index.size), np.zeros(index.size)
+    cw[np.searchsorted(index, iw)] = nw
+    cr[np.searchsorted(index, ir)] = nr
+    return index, cw, cr
 
 
 def _quantile_cuts(reference: Summary, bins: int) -> np.ndarray:
@@ -299,9 +311,8 @@ def _quantile_cuts(reference: Summary, bins: int) -> np.ndarray:
     Cut ``q`` is the bucket holding the ``q / bins`` quantile: the first bucket whose
     cumulative count reaches ``q · n / bins``.
     """
-    items = sorted(reference.sketch.items())
-    index = np.array([i for i, _ in items], dtype=np.int64)
-    cum = np.cumsum(np.array([c for _, c in items], dtype=np.int64))
+    index, counts = reference.buckets
+    cum = np.cumsum(counts.astype(np.int64))
     targets = np.arange(1, bins, dtype=np.int64) * cum[-1]
     return np.unique(index[np.searchsorted(cum * bins, targets, side="left")])
 
@@ -322,9 +333,10 @@ def _category_table(window: Summary, reference: Summary) -> tuple[np.ndarray, np
     labels = sorted(set(wc) | set(rc))
     w = [wc.get(c, 0) for c in labels] + ([wo] if wo or ro else [])
     r = [rc.get(c, 0) for c in labels] + ([ro] if wo or ro else [])
-    return np.array(w, dtype=np.float64), np.array(r, dtype=np.float64)
+    return _frozen(np.array(w, dtype=np.float64)), _frozen(np.array(r, dtype=np.float64))
 
 
+@functools.lru_cache(maxsize=4)
 def histograms(
     window: Summary, reference: Summary, bins: int = 10
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -343,12 +355,12 @@ def histograms(
     if _kind(window, reference) == "categorical":
         return _category_table(window, reference)
     if reference.count == 0:
-        return np.zeros(1), np.zeros(1)
+        return _frozen(np.zeros(1)), _frozen(np.zeros(1))
     index, cw, cr = _aligned(window, reference)
     cuts = _quantile_cuts(reference, bins)
     which = np.searchsorted(cuts, index, side="left")
     size = cuts.size + 1
-    return np.bincount(which, cw, size), np.bincount(which, cr, size)
+    return _frozen(np.bincount(which, cw, size)), _frozen(np.bincount(which, cr, size))
 
 
 def psi(window: Summary, reference: Summary, bins: int = 10) -> Result:
