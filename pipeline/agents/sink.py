@@ -176,14 +176,21 @@ class SinkRuntime:
             return
 
 
-def _parts(events: list[faust.EventT], max_bytes: int) -> list[list[faust.EventT]]:
+def _parts(events: list[Any], max_bytes: int) -> list[list[Any]]:
     """``events`` in order, split into runs of at most ``max_bytes`` of message values (a
-    larger message is a run of its own)."""
-    parts: list[list[faust.EventT]] = []
-    size = max_bytes
+    larger message is a run of its own; empty values count nothing).
+
+    >>> from types import SimpleNamespace as E
+    >>> sizes = [b"", b"xx", b"", b"xxx", b"xxxxxx", None]
+    >>> parts = _parts([E(message=E(value=v)) for v in sizes], 5)
+    >>> [[len(e.message.value or b"") for e in part] for part in parts]
+    [[0, 2, 0, 3], [6, 0]]
+    """
+    parts: list[list[Any]] = []
+    size = 0
     for event in events:
         n = len(event.message.value or b"")
-        if size + n > max_bytes:
+        if not parts or (n and size + n > max_bytes and parts[-1]):
             parts.append([])
             size = 0
         parts[-1].append(event)
