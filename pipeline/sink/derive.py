@@ -54,6 +54,12 @@ SUMMARY_COLUMNS = (
 #: them (else empty, which :meth:`Summary.from_rows` reads as "not kept"). The float sums
 #: come back as arrays, summed exactly in Python (``_merged``); the aliases differ from the
 #: column names, which ClickHouse would otherwise substitute inside other aggregates.
+#: The rows of one model version whose window starts in [{lo}, {hi}] (epoch ms).
+_WINDOWS = (
+    "WHERE model = {model:String} AND model_version = {version:String} "
+    "AND window_start >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
+    "AND window_start <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
+)
 MERGED_COLUMNS = (
     "feature, sum(present) AS m_present, sum(numeric) AS m_numeric, "
     "sum(nonfinite) AS m_nonfinite, sum(text) AS m_text, "
@@ -116,31 +122,25 @@ class Deriver:
         previous_ms = self.settings.drift_previous_windows * self.window_ms
         summaries = _WindowSummaries(self, model, version)
         profile = self._profile(model, version)
-        range_windows = (
-            _WindowSummaries(self, model, version).load(*self.reference_range, end_open=True)
-            if self.reference_range
-            else None
-        )
+        range_windows = None
+        if self.reference_range is not None:
+            lo, hi = self.reference_range  # [lo, hi): window starts (ms) up to hi - 1
+            range_windows = _WindowSummaries(self, model, version).load(lo, hi - 1)
         out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
         for chunk in _chunks(windows):
             first, last = min(ws for _, ws in chunk), max(ws for _, ws in chunk)
             summaries.load(first - previous_ms, last)
             params = {"model": model, "version": version, "lo": first - previous_ms, "hi": last}
-            in_range = (
-                "WHERE model = {model:String} AND model_version = {version:String} "
-                "AND window_start BETWEEN fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
-                "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
-            )
             events = {
                 (r["segment"], r["ws"]): r["events"]
                 for r in self._rows(
                     "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, "
-                    f"sum(predictions) AS events FROM quality_partials FINAL {in_range} "
+                    f"sum(predictions) AS events FROM quality_partials FINAL {_WINDOWS} "
                     "GROUP BY segment, ws",
                     params,
                 )
             }
-            clients = _Clients(self, params, in_range, first)
+            clients = _Clients(self, params, first)
             for segment, ws in sorted(chunk):
                 if range_windows is None:
                     baseline = f"previous:{self.settings.drift_previous_windows}"
@@ -150,11 +150,7 @@ class Deriver:
                     ]
                 else:
                     baseline = f"range:{self.settings.drift_reference_range}"
-                    previous = [
-                        features
-                        for (seg, start), features in range_windows.windows.items()
-                        if seg == segment and start != ws  # never the window itself
-                    ]
+                    previous = range_windows.reference(segment, ws)
                 key = {
                     "model": model,
                     "model_version": version,
@@ -305,23 +301,22 @@ class _WindowSummaries:
         self.windows: dict[tuple[str, int], dict[str, Summary]] = {}
         self.versions: dict[tuple[str, int], int] = {}
         self.read_through: int | None = None
+        self.merged: dict[str, dict[str, Summary]] = {}  # by segment, see reference()
 
-    def load(self, lo: int, hi: int, end_open: bool = False) -> _WindowSummaries:
-        """Have the windows starting in [lo, hi] (or [lo, hi)); forget those before ``lo``."""
+    def load(self, lo: int, hi: int) -> _WindowSummaries:
+        """Have the windows starting in [lo, hi]; forget those before ``lo``."""
+        self.merged.clear()
         for key in [k for k in self.windows if k[1] < lo]:
             del self.windows[key], self.versions[key]
         if self.read_through is not None:
             lo = max(lo, self.read_through + 1)
         if lo > hi:
             return self
-        below = "<" if end_open else "<="
         by_window: dict[tuple[str, int], list[Row]] = defaultdict(list)
         for r in self.deriver._merged_rows(
             "feature_partials",
             "segment",
-            "WHERE model = {model:String} AND model_version = {version:String} "
-            "AND window_start >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
-            f"AND window_start {below} fromUnixTimestamp64Milli({{hi:Int64}}, 'UTC')",
+            _WINDOWS,
             {**self.params, "lo": lo, "hi": hi},
         ):
             by_window[(r["segment"], r["ws"])].append(r)
@@ -335,19 +330,30 @@ class _WindowSummaries:
     def features(self, segment: str, ws: int) -> dict[str, Summary]:
         return self.windows.get((segment, ws), {})
 
+    def reference(self, segment: str, ws: int) -> list[dict[str, Summary]]:
+        """The segment's windows held here except ``ws`` (never a window's own reference);
+        merged once per segment for the usual case, a window outside them."""
+        if (segment, ws) in self.windows:
+            return [f for (seg, start), f in self.windows.items() if seg == segment and start != ws]
+        if segment not in self.merged:
+            parts = [f for (seg, _), f in self.windows.items() if seg == segment]
+            names = {name for features in parts for name in features}
+            self.merged[segment] = {
+                n: Summary.merge([f[n] for f in parts if n in f]) for n in sorted(names)
+            }
+        return [self.merged[segment]]
+
 
 class _Clients:
     """The client partials of one model's windows being derived, and their activity rows."""
 
-    def __init__(
-        self, deriver: Deriver, params: Mapping[str, Any], in_range: str, first: int
-    ) -> None:
+    def __init__(self, deriver: Deriver, params: Mapping[str, Any], first: int) -> None:
         self.window_ms = deriver.window_ms
         self.previous_windows = deriver.settings.drift_previous_windows
         self.requests: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
         for r in deriver._rows(
             "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, client_id, "
-            f"sum(requests) AS requests FROM client_partials FINAL {in_range} "
+            f"sum(requests) AS requests FROM client_partials FINAL {_WINDOWS} "
             "GROUP BY segment, ws, client_id",
             params,
         ):
@@ -357,10 +363,8 @@ class _Clients:
             for r in deriver._merged_rows(
                 "client_feature_partials",
                 "segment, client_id",
-                "WHERE model = {model:String} AND model_version = {version:String} "
-                "AND window_start BETWEEN fromUnixTimestamp64Milli({first:Int64}, 'UTC') "
-                "AND fromUnixTimestamp64Milli({hi:Int64}, 'UTC')",
-                {**params, "first": first},
+                _WINDOWS,
+                {**params, "lo": first},  # previous windows' are not needed
             ):
                 self.features[(r["segment"], r["ws"], r["client_id"])].append(r)
 
