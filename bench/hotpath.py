@@ -49,17 +49,18 @@ class _Message:
     topic: str
     partition: int
     offset: int
-    value: bytes
+    value: bytes | None
     tp: TP
+    acked: bool = False
+
+    def ack(self, consumer: Any) -> None:
+        self.acked = True
 
 
 @dataclass(slots=True)
 class _Event:
     message: _Message
-    acked: bool = False
-
-    def ack(self) -> None:
-        self.acked = True
+    value: bytes | None
 
 
 @dataclass(slots=True)
@@ -119,7 +120,7 @@ def _messages(spec: EventSetSpec, topics: Topics, single: bool) -> list[_Event]:
         offset = offsets.get((topic, partition), 0)
         offsets[(topic, partition)] = offset + 1
         tp = TP(topic, partition)
-        out.append(_Event(_Message(topic, partition, offset, value, tp)))
+        out.append(_Event(_Message(topic, partition, offset, value, tp), value))
     return out
 
 

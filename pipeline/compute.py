@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import faust
-from faust.types import TP
+from faust.types import TP, Message
 
 from pipeline.checkpoint import Checkpoint, read_checkpoints
 from pipeline.detection import DetectorStreams
@@ -44,7 +44,9 @@ class ComputeRuntime:
         self.topics = topics
         self.run_id = run_id
         self.states: dict[int, PartitionState] = {}
-        self.unacked: dict[TP, deque[faust.EventT]] = {}
+        #: Messages processed and not yet acknowledged, per input partition: only their offsets
+        #: (their payloads are dropped once decoded, as they may wait for minutes of input).
+        self.unacked: dict[TP, deque[Message]] = {}
         self.checkpoints: dict[int, list[Checkpoint]] = {}
         self.written: dict[int, Checkpoint] = {}
         self.restored: set[TP] = set()
@@ -94,7 +96,8 @@ class ComputeRuntime:
         pending = self.unacked.get(tp)
         if pending is None:
             pending = self.unacked[tp] = deque()
-        pending.append(event)
+        pending.append(message)
+        message.value = event.value = None
         self.last_offsets[tp] = message.offset
         self._pace(tp.partition, state)
 
@@ -277,8 +280,8 @@ class ComputeRuntime:
     def _ack(self, partition: int, marks: dict[str, Mark]) -> None:
         for topic, mark in marks.items():
             pending = self.unacked.get(TP(topic, partition))
-            while pending and pending[0].message.offset < mark.offset:
-                pending.popleft().ack()
+            while pending and pending[0].offset < mark.offset:
+                pending.popleft().ack(self.app.consumer)
 
     def _counter_messages(self) -> list[tuple[str, bytes, int | None, None]]:
         changed = {k: v for k, v in self.counters.items() if self.emitted_counters.get(k) != v}

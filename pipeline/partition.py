@@ -78,9 +78,9 @@ class _Window:
     """A window's accumulators, and what was read into it but not yet folded into them.
 
     Predictions and joined pairs are held back until the window's rows are read (every flush)
-    or ``_SETTLE_AT`` of them wait, and then folded in one batch: the accumulators' results
-    do not depend on batching, and one batch costs far less than many small ones when
-    messages hold one event each.
+    or ``_SETTLE_AT`` of them wait in the partition, and then folded in one batch: the
+    accumulators' results do not depend on batching, and one batch costs far less than many
+    small ones when messages hold one event each.
 
     ``clients`` summarises the features of each ``client_id``'s predictions (sketches only),
     for the first ``max_clients`` client ids in the order the partition read them; later ones
@@ -136,7 +136,9 @@ class _Window:
             self.dirty_clients.add(client)
 
 
-#: Pending predictions or joined pairs of one window that trigger folding them in.
+#: Predictions and joined pairs waiting in a partition's windows that trigger folding them
+#: in. It bounds what waits in memory (a prediction with 20 features holds ~2 KiB) however
+#: long a flush takes, with batches still large enough to cost little per event.
 _SETTLE_AT = 4096
 
 
@@ -209,6 +211,7 @@ class PartitionState:
         self.pred_index: dict[str, _Pred] = {}
         self.label_index: dict[str, _Label] = {}
         self.counters: Counter[str] = Counter()
+        self.waiting = 0  # predictions and joined pairs not yet folded into their windows
         self.next_pred: Mark | None = None  # the next prediction offset to read, with its watermark
         self.next_label: Mark | None = None
         self.detectors = DetectorStreams(detectors)
@@ -274,8 +277,9 @@ class PartitionState:
                 w.preds.append(p)
                 w.version += 1
                 w.dirty = True
-                if len(w.preds) >= _SETTLE_AT:
-                    w.settle(counters)
+                self.waiting += 1
+                if self.waiting >= _SETTLE_AT:
+                    self._settle()
             if detectors is not None:
                 score = _score(entry)
                 if score is not None:
@@ -411,8 +415,16 @@ class PartitionState:
                 w.proba += proba
                 w.version += len(y_true)
                 w.dirty = True
-                if len(w.y_true) >= _SETTLE_AT:
-                    w.settle(counters)
+                self.waiting += len(y_true)
+        if self.waiting >= _SETTLE_AT:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Fold everything waiting in this partition's windows into their accumulators."""
+        for bucket in self.buckets.values():
+            for w in bucket.windows.values():
+                w.settle(self.counters)
+        self.waiting = 0
 
     def _new_window(self) -> _Window:
         return _Window(ClassificationWindow(self.auc_bins), FeatureWindow(), self.max_clients)
@@ -464,6 +476,7 @@ class PartitionState:
                     client_rows.append(client_base | {"requests": summary.events})
                     client_feature_rows.extend(client_base | f for f in summary.rows())
                 w.dirty_clients.clear()
+        self.waiting = 0  # every window something waits in is dirty, so it was settled
         detections = self.detectors.release("score", self.pred_wm.value, self.partition)
         detections += self.detectors.release(
             "error", min(self.pred_wm.value, self.label_wm.value), self.partition

@@ -10,6 +10,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline import partition
 from pipeline.detection import DetectorStreams
 from pipeline.partition import PartitionState
 from schemas.events import Label, Prediction
@@ -277,3 +278,25 @@ def test_client_rows_count_requests_and_summarise_inputs_per_client() -> None:
     again = s.flush()
     assert [(r["client_id"], r["requests"]) for r in again.clients] == [("b", 2)]
     assert new_state(max_clients=0).flush().clients == []
+
+
+def test_what_waits_to_be_folded_is_bounded_per_partition(monkeypatch: Any) -> None:
+    """Predictions and joined pairs wait in their windows to be folded in batches; however
+    many windows they are spread over, at most ``_SETTLE_AT`` wait in a partition, and when
+    they are folded does not change the rows."""
+    preds, labels = _stream(11)
+    messages = _interleave(_numbered("p", preds), _numbered("l", labels), random.Random(5))
+    folded_at_flush = final_rows(run(new_state(), messages, flush_every=len(messages) + 1))
+
+    monkeypatch.setattr(partition, "_SETTLE_AT", 8)
+    s = new_state()
+    most = 0
+    for topic, offset, events in messages:
+        (s.add_predictions if topic == "p" else s.add_labels)(offset, events)
+        windows = [w for b in s.buckets.values() for w in b.windows.values()]
+        waiting = sum(len(w.preds) + len(w.y_true) for w in windows)
+        assert waiting == s.waiting < 8
+        most = max(most, sum(1 for w in windows if w.preds or w.y_true))
+    assert most > 1  # what waited was spread over several windows
+    emitted = [r for _, rows in s.flush().by_table() for r in rows]
+    assert final_rows(emitted) == folded_at_flush
