@@ -37,15 +37,35 @@ def run_measured(
 
 def wait_measured(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
     """Wait for a started child; returns (exit code, peak RSS in MiB)."""
+    return wait_measured_all({"": proc}, timeout)[""]
+
+
+def wait_measured_all(
+    procs: dict[str, subprocess.Popen[bytes]], timeout: float
+) -> dict[str, tuple[int, float]]:
+    """Wait for started children; returns (exit code, peak RSS in MiB) of each. Once one fails,
+    or at the timeout, the others are killed (their code is then -9)."""
     deadline = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, usage.ru_maxrss / 1024.0
-        if time.monotonic() > deadline:
-            proc.kill()
-            os.wait4(proc.pid, 0)
-            proc.returncode = -9
-            raise RuntimeError(f"process {proc.pid} still running after {timeout}s")
-        time.sleep(0.05)
+    out: dict[str, tuple[int, float]] = {}
+    while len(out) < len(procs):
+        for name, proc in procs.items():
+            if name in out:
+                continue
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                out[name] = (proc.returncode, usage.ru_maxrss / 1024.0)
+        failed = any(code != 0 for code, _ in out.values())
+        late = time.monotonic() > deadline
+        if (failed or late) and len(out) < len(procs):
+            for name, proc in procs.items():
+                if name not in out:
+                    proc.kill()
+                    _, status, usage = os.wait4(proc.pid, 0)
+                    proc.returncode = -9
+                    out[name] = (-9, usage.ru_maxrss / 1024.0)
+            if late and not failed:
+                raise RuntimeError(f"processes still running after {timeout}s: {sorted(procs)}")
+        if len(out) < len(procs):
+            time.sleep(0.05)
+    return out

@@ -1,6 +1,7 @@
-"""Measurement 3, modelmon end to end: a real worker process (role all, embedded chDB at its
-own path) from the first event produced to the last row inserted in ClickHouse; and the paced
-sub-run that measures event-to-row latency.
+"""Measurement 3, modelmon end to end: real worker processes, one per role as a deployment
+runs them (compute, and sink with an embedded chDB at its own path), from the first event
+produced to the last row inserted in ClickHouse; and the paced sub-run that measures
+event-to-row latency.
 
 Results are read through ``modelmon query`` in a child process (chDB opens one database path
 per process). Every ``*_partials`` table the worker writes counts towards "the last row", so
@@ -14,13 +15,14 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 
-from bench.common import wait_measured
+from bench.common import wait_measured_all
 from bench.events import Message, generate, produce
 from pipeline.app import all_topics
 from pipeline.embedded import EMBEDDED_WORKER_FLAGS, worker_command
@@ -31,6 +33,9 @@ from schemas.topics import Topics, partition_for
 
 DB = "modelmon"
 READY_SECONDS = 8.0  # start-up: imports, chDB migrations, the group join (~1 s on Tansu)
+#: One worker process per role, the sink first so that it is up when the first rows arrive.
+ROLES = ("sink", "compute")
+T = TypeVar("T")
 
 
 def create_topics(bootstrap: str, prefix: str, partitions: int) -> None:
@@ -52,9 +57,6 @@ def worker_settings(
         "window_seconds": str(window_s),
         "lateness_seconds": "2",
         "label_ttl_seconds": str(window_s),
-        # rows of many windows x features leave the worker in one flush: room for big
-        # metrics messages (the producer's request limit follows this setting)
-        "max_message_bytes": str(8 * 1_048_576),
         **EMBEDDED_WORKER_FLAGS,
         **{k: str(v) for k, v in extra.items()},
     }
@@ -114,9 +116,31 @@ def compute_line(log_path: Path) -> dict[str, float]:
     return {"events": events, "seconds": span, "events_per_s": events / span if span else 0.0}
 
 
-def start_worker(settings: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    log = open(log_path, "ab")  # noqa: SIM115 - the child holds it
-    return subprocess.Popen(worker_command(settings), stdout=log, stderr=subprocess.STDOUT)
+def run_workers(
+    settings: dict[str, str], root: Path, feed: Callable[[], T], timeout: float
+) -> tuple[T, dict[str, float]]:
+    """Start a worker per role, let them join, call ``feed`` (it produces the input) and wait
+    until every worker stopped by itself. Returns what ``feed`` returned and each role's peak
+    RSS in MiB; raises if a worker failed (see ``worker-<role>.log`` in ``root``)."""
+    procs = {}
+    for role in ROLES:
+        log = open(root / f"worker-{role}.log", "ab")  # noqa: SIM115 - the child holds it
+        procs[role] = subprocess.Popen(
+            worker_command({**settings, "role": role}), stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        time.sleep(READY_SECONDS)
+        fed = feed()
+        ended = wait_measured_all(procs, timeout)
+    finally:
+        for proc in procs.values():
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
+    failed = {role: code for role, (code, _) in ended.items() if code != 0}
+    if failed:
+        raise RuntimeError(f"workers exited with {failed}; see {root}/worker-*.log")
+    return fed, {role: rss for role, (_, rss) in ended.items()}
 
 
 def run_e2e(
@@ -128,30 +152,24 @@ def run_e2e(
     messages: list[Message] | None,
     timeout: float = 1200,
 ) -> dict[str, Any]:
-    """Start a worker, let it join, produce ``messages`` (None: the topics already hold the
-    input), wait until it stops by itself; the span is first produce to last row inserted."""
+    """Start the workers, let them join, produce ``messages`` (None: the topics already hold
+    the input), wait until they stop by themselves; the span is first produce to last row
+    inserted."""
     root.mkdir(parents=True, exist_ok=True)
     settings = worker_settings(bootstrap, prefix, partitions, root, window_s)
-    log_path = root / "worker.log"
-    proc = start_worker(settings, log_path)
-    produced: dict[str, float] = {}
-    try:
-        time.sleep(READY_SECONDS)
-        if messages is not None:
-            produced = asyncio.run(produce(bootstrap, messages))
-        code, rss = wait_measured(proc, timeout)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    if code != 0:
-        raise RuntimeError(f"worker exited with {code}; see {log_path}")
+    produced, rss = run_workers(
+        settings,
+        root,
+        lambda: {} if messages is None else asyncio.run(produce(bootstrap, messages)),
+        timeout,
+    )
     dsn = settings["clickhouse_dsn"]
     last_ms, counts = last_insert_ms(dsn)
     out: dict[str, Any] = {
         "dsn": dsn,
         "peak_rss_mib": rss,
         "tables": counts,
-        "compute": compute_line(log_path),
+        "compute": compute_line(root / "worker-compute.log"),
     }
     if produced:
         span = last_ms / 1000.0 - produced["started"]
@@ -307,20 +325,16 @@ def run_paced(
     root.mkdir(parents=True, exist_ok=True)
     create_topics(bootstrap, prefix, partitions)
     settings = worker_settings(bootstrap, prefix, partitions, root, window_s)
-    proc = start_worker(settings, root / "worker.log")
-    try:
-        time.sleep(READY_SECONDS)
-        sent = asyncio.run(
+    sent, rss = run_workers(
+        settings,
+        root,
+        lambda: asyncio.run(
             _paced_produce(
                 bootstrap, Topics(prefix), partitions, rate, seconds, window_s * 1000, seed
             )
-        )
-        code, rss = wait_measured(proc, 600)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-    if code != 0:
-        raise RuntimeError(f"paced worker exited with {code}")
+        ),
+        600,
+    )
     dsn = settings["clickhouse_dsn"]
     versions = asyncio.run(_row_versions(bootstrap, Topics(prefix).metrics))
     final = query(
