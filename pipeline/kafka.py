@@ -44,12 +44,19 @@ async def ensure_topics(
             await admin.close()
 
 
-def bound_fetch_bytes(app: Any, max_bytes: int) -> None:
+#: What one fetch request of a worker may return, over all its partitions, unless one input
+#: message is larger (``max_message_bytes``).
+FETCH_MAX_BYTES = 1024 * 1024
+
+
+def bound_fetch_bytes(app: Any, max_message_bytes: int) -> None:
     """Cap what one fetch request of the app's consumer returns, over all its partitions.
 
     Faust sets only the per-partition limit, which some brokers (Tansu) do not apply; the
     request's own limit (aiokafka's ``fetch_max_bytes``, 50 MiB by default) they do. What is
-    fetched ahead is what an input backlog puts in a worker's memory at once, so it is kept
-    to a few messages' worth. Faust does not pass the setting through, hence the attribute.
+    fetched ahead is what a backlog puts in a worker's memory at once, so it is kept to a
+    few messages' worth (at least one input message's). Faust does not pass the setting
+    through, hence the attribute. Call it once the consumer runs (its fetcher exists).
     """
+    max_bytes = max(FETCH_MAX_BYTES, max_message_bytes + 65_536)
     app.consumer._thread._consumer._fetcher._fetch_max_bytes = max_bytes

@@ -9,8 +9,6 @@ import faust
 from pipeline.compute import ComputeRuntime
 from pipeline.kafka import bound_fetch_bytes
 
-FETCH_MAX_BYTES = 1024 * 1024
-
 
 def register(app: faust.App, runtime: ComputeRuntime) -> None:
     topics = runtime.topics
@@ -19,15 +17,11 @@ def register(app: faust.App, runtime: ComputeRuntime) -> None:
     )
 
     # concurrency=1: with more, Faust can commit past a message still being processed.
-    # What one fetch request may return (at least one input message's worth): the bound on
-    # what an input backlog puts in memory at once (see pipeline.kafka.bound_fetch_bytes).
-    fetch_bytes = max(FETCH_MAX_BYTES, runtime.settings.max_message_bytes + 65_536)
-
     @app.agent(source, concurrency=1, name="modelmon.compute")
     async def compute(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.noack().events():
             if runtime.first_input is None:  # the consumer runs: its fetcher exists
-                bound_fetch_bytes(app, fetch_bytes)
+                bound_fetch_bytes(app, runtime.settings.max_message_bytes)
             await runtime.process(event)
 
     @app.timer(runtime.settings.flush_interval_seconds, name="modelmon.compute.flush")
