@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -26,7 +26,7 @@ def run_measured(
     started = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        code, rss = wait_measured(proc, timeout)
+        code, rss, _ = wait_measured(proc, timeout)
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd[1:3])} exited with {code}; see {log_path}")
     if not os.path.exists(out_path):
@@ -35,18 +35,30 @@ def run_measured(
         return orjson.loads(f.read()), rss, time.monotonic() - started
 
 
-def wait_measured(proc: subprocess.Popen[bytes], timeout: float) -> tuple[int, float]:
-    """Wait for a started child; returns (exit code, peak RSS in MiB)."""
+class Ended(NamedTuple):
+    """How a measured child ended: exit code, peak RSS in MiB, CPU seconds (user + system)."""
+
+    code: int
+    rss_mib: float
+    cpu_s: float
+
+
+def _ended(code: int, usage: Any) -> Ended:
+    return Ended(code, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime)
+
+
+def wait_measured(proc: subprocess.Popen[bytes], timeout: float) -> Ended:
+    """Wait for a started child; returns how it ended."""
     return wait_measured_all({"": proc}, timeout)[""]
 
 
 def wait_measured_all(
     procs: dict[str, subprocess.Popen[bytes]], timeout: float
-) -> dict[str, tuple[int, float]]:
-    """Wait for started children; returns (exit code, peak RSS in MiB) of each. Once one fails,
-    or at the timeout, the others are killed (their code is then -9)."""
+) -> dict[str, Ended]:
+    """Wait for started children; returns how each ended. Once one fails, or at the timeout,
+    the others are killed (their code is then -9)."""
     deadline = time.monotonic() + timeout
-    out: dict[str, tuple[int, float]] = {}
+    out: dict[str, Ended] = {}
     while len(out) < len(procs):
         for name, proc in procs.items():
             if name in out:
@@ -54,8 +66,8 @@ def wait_measured_all(
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 proc.returncode = os.waitstatus_to_exitcode(status)
-                out[name] = (proc.returncode, usage.ru_maxrss / 1024.0)
-        failed = any(code != 0 for code, _ in out.values())
+                out[name] = _ended(proc.returncode, usage)
+        failed = any(e.code != 0 for e in out.values())
         late = time.monotonic() > deadline
         if (failed or late) and len(out) < len(procs):
             for name, proc in procs.items():
@@ -63,7 +75,7 @@ def wait_measured_all(
                     proc.kill()
                     _, status, usage = os.wait4(proc.pid, 0)
                     proc.returncode = -9
-                    out[name] = (-9, usage.ru_maxrss / 1024.0)
+                    out[name] = _ended(-9, usage)
             if late and not failed:
                 raise RuntimeError(f"processes still running after {timeout}s: {sorted(procs)}")
         if len(out) < len(procs):

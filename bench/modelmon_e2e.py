@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 
-from bench.common import wait_measured_all
+from bench.common import Ended, wait_measured_all
 from bench.events import Message, generate, produce
 from pipeline.app import all_topics
 from pipeline.embedded import EMBEDDED_WORKER_FLAGS, worker_command
@@ -118,10 +118,10 @@ def compute_line(log_path: Path) -> dict[str, float]:
 
 def run_workers(
     settings: dict[str, str], root: Path, feed: Callable[[], T], timeout: float
-) -> tuple[T, dict[str, float]]:
+) -> tuple[T, dict[str, Ended]]:
     """Start a worker per role, let them join, call ``feed`` (it produces the input) and wait
-    until every worker stopped by itself. Returns what ``feed`` returned and each role's peak
-    RSS in MiB; raises if a worker failed (see ``worker-<role>.log`` in ``root``)."""
+    until every worker stopped by itself. Returns what ``feed`` returned and how each role's
+    worker ended; raises if one failed (see ``worker-<role>.log`` in ``root``)."""
     procs = {}
     for role in ROLES:
         log = open(root / f"worker-{role}.log", "ab")  # noqa: SIM115 - the child holds it
@@ -137,10 +137,10 @@ def run_workers(
             if proc.returncode is None:
                 proc.kill()
                 proc.wait()
-    failed = {role: code for role, (code, _) in ended.items() if code != 0}
+    failed = {role: e.code for role, e in ended.items() if e.code != 0}
     if failed:
         raise RuntimeError(f"workers exited with {failed}; see {root}/worker-*.log")
-    return fed, {role: rss for role, (_, rss) in ended.items()}
+    return fed, ended
 
 
 def run_e2e(
@@ -157,7 +157,7 @@ def run_e2e(
     inserted."""
     root.mkdir(parents=True, exist_ok=True)
     settings = worker_settings(bootstrap, prefix, partitions, root, window_s)
-    produced, rss = run_workers(
+    produced, ended = run_workers(
         settings,
         root,
         lambda: {} if messages is None else asyncio.run(produce(bootstrap, messages)),
@@ -167,7 +167,8 @@ def run_e2e(
     last_ms, counts = last_insert_ms(dsn)
     out: dict[str, Any] = {
         "dsn": dsn,
-        "peak_rss_mib": rss,
+        "peak_rss_mib": {role: e.rss_mib for role, e in ended.items()},
+        "cpu_seconds": {role: e.cpu_s for role, e in ended.items()},
         "tables": counts,
         "compute": compute_line(root / "worker-compute.log"),
     }
@@ -325,7 +326,7 @@ def run_paced(
     root.mkdir(parents=True, exist_ok=True)
     create_topics(bootstrap, prefix, partitions)
     settings = worker_settings(bootstrap, prefix, partitions, root, window_s)
-    sent, rss = run_workers(
+    sent, ended = run_workers(
         settings,
         root,
         lambda: asyncio.run(
@@ -384,5 +385,5 @@ def run_paced(
         "row_p99_s": pct(row_lat, 99),
         "sink_lag_p50_s": pct(list(sink_lag.values()), 50),
         "sink_lag_p99_s": pct(list(sink_lag.values()), 99),
-        "peak_rss_mib": rss,
+        "peak_rss_mib": {role: e.rss_mib for role, e in ended.items()},
     }

@@ -106,6 +106,8 @@ def table(r: dict[str, Any]) -> str:
             ("modelmon compute (single msgs)", "modelmon_events_per_s"),
         ):
             lines.append(f"{'[1x]   ' + label:<{w}} {_f(s['events']):>10} {_f(s[k]):>11}")
+        cpu = ", ".join(f"{role} {v:.1f}" for role, v in s["modelmon_cpu_seconds"].items())
+        lines[-1] += f"   CPU-s: {cpu}"
     if "paced" in r:
         p = r["paced"]
         lines.append(
@@ -118,8 +120,11 @@ def table(r: dict[str, Any]) -> str:
         parts = []
         for s in r["scales"]:
             m = s["modelmon"]
-            rss = ", ".join(f"{role} {v:,.0f} MiB" for role, v in m["peak_rss_mib"].items())
-            parts.append(f"{s['scale']}x: {1e6 / m['events_per_s']:.2f} us/event, {rss}")
+            roles = ", ".join(
+                f"{role} {rss:,.0f} MiB {m['cpu_seconds'][role]:.1f} CPU-s"
+                for role, rss in m["peak_rss_mib"].items()
+            )
+            parts.append(f"{s['scale']}x: {1e6 / m['events_per_s']:.2f} us/event, {roles}")
         lines.append("scaling (modelmon): " + "; ".join(parts))
     lines.append("")
     rows = targets(r)

@@ -286,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 "modelmon_events_per_s": ms["compute"].get("events_per_s", 0.0),
                 "modelmon_compute": ms["compute"],
                 "modelmon_peak_rss_mib": ms["peak_rss_mib"],
+                "modelmon_cpu_seconds": ms["cpu_seconds"],
                 "bare_faust_peak_rss_mib": rss,
             }
             if not a.tiny and not a.no_peer:
