@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import base64
 import collections
+import importlib
 import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import river
-from river import drift
+
+if TYPE_CHECKING:
+    from river import drift
 
 __all__ = ["DETECTORS", "Detector", "DetectorSpec", "Firing"]
 
@@ -112,13 +115,20 @@ def _kswin_load(d: drift.KSWIN, s: Mapping[str, Any]) -> None:
 class DetectorSpec:
     """How to build one River detector and move its state to and from JSON.
 
+    ``river_name`` names the class in ``river.drift``, imported on first use: that package
+    also imports River's datasets, and with them scikit-learn and pandas (about a second and
+    100 MiB), which processes that never run a detector (the sink, the CLI) do without.
     ``defaults`` are River's own constructor defaults and the only parameters accepted.
     """
 
-    river_class: type
+    river_name: str
     defaults: Mapping[str, Any]
     dump: Callable[[Any], dict[str, Any]]
     load: Callable[[Any, Mapping[str, Any]], None]
+
+    @property
+    def river_class(self) -> type:
+        return getattr(importlib.import_module("river.drift"), self.river_name)  # type: ignore[no-any-return]
 
 
 #: Detector name -> River class, default parameters (River's) and state codec.
@@ -128,13 +138,13 @@ class DetectorSpec:
 #: ``None`` by a seed drawn once from the OS and records it in ``params``.
 DETECTORS: dict[str, DetectorSpec] = {
     "adwin": DetectorSpec(
-        drift.ADWIN,
+        "ADWIN",
         {"delta": 0.002, "clock": 32, "max_buckets": 5, "min_window_length": 5, "grace_period": 10},
         _adwin_dump,
         _adwin_load,
     ),
     "page_hinkley": DetectorSpec(
-        drift.PageHinkley,
+        "PageHinkley",
         {
             "min_instances": 30,
             "delta": 0.005,
@@ -146,7 +156,7 @@ DETECTORS: dict[str, DetectorSpec] = {
         _ph_load,
     ),
     "kswin": DetectorSpec(
-        drift.KSWIN,
+        "KSWIN",
         {"alpha": 0.005, "window_size": 100, "stat_size": 30, "seed": None},
         _kswin_dump,
         _kswin_load,
