@@ -83,13 +83,13 @@ class _Producer:
 class _Consumer:
     """No broker: every message is already in hand, so no topic is ever behind."""
 
-    def highwater(self, tp: TP) -> None:
-        return None
+    def highwater(self, tp: TP) -> int:
+        return 0
 
-    def on_buffer_full(self, tp: TP) -> None:
+    def hold(self, tp: TP) -> None:
         pass
 
-    def on_buffer_drop(self, tp: TP) -> None:
+    def release(self, tp: TP) -> None:
         pass
 
 

@@ -14,7 +14,7 @@ import faust
 from pipeline.agents import compute as compute_agent
 from pipeline.agents import sink as sink_agent
 from pipeline.compute import ComputeRuntime
-from pipeline.kafka import ensure_topics
+from pipeline.kafka import BoundedConsumer, ensure_topics
 from pipeline.settings import Settings
 from schemas.topics import Topics
 
@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> faust.App:
         # stage cannot keep up (e.g. the sink during a ClickHouse outage): fetching pauses.
         stream_buffer_maxsize=STREAM_BUFFER_MESSAGES,
     )
+    app.transport.Consumer = BoundedConsumer  # before anything creates the consumer
     topics = Topics(settings.topic_prefix)
     run_id = f"{os.uname().nodename}-{os.getpid()}-{int(time.time())}"
     compute = sink = None

@@ -14,13 +14,14 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.types import TP, Message
 
 from pipeline.checkpoint import Checkpoint, read_checkpoints
 from pipeline.detection import DetectorStreams
+from pipeline.kafka import BoundedConsumer
 from pipeline.partition import PartitionState
 from pipeline.settings import Settings
 from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
@@ -59,7 +60,7 @@ class ComputeRuntime:
         self.seen_input = False
         self.events_in = 0
         self.last_offsets: dict[TP, int] = {}  # the last offset processed, per partition
-        self.paused: dict[int, TP] = {}  # the topic paused because it leads, per partition
+        self.held: dict[int, TP] = {}  # the topic held because it leads, per partition
         self.lead_ms = 1000 * (
             settings.window_seconds + settings.label_ttl_seconds + settings.lateness_seconds
         )
@@ -106,13 +107,13 @@ class ComputeRuntime:
 
         Faust reads topics by bytes, not by time: with a backlog it runs far ahead in one
         topic (labels are small), and everything read ahead waits in memory for the other.
-        So the topic that leads is paused while the other has unread messages, and resumed
+        So the topic that leads is held while the other has unread messages, and released
         once the other caught up in event time or has nothing left (checked after every
         message and at every flush). What joins does not depend on this (the join follows
         event time); only memory does.
         """
         lead = state.label_wm.max_ts - state.pred_wm.max_ts
-        if -self.lead_ms <= lead <= self.lead_ms and partition not in self.paused:
+        if -self.lead_ms <= lead <= self.lead_ms and partition not in self.held:
             return  # the usual case, on the per-message path
         pred_tp = TP(self.topics.predictions, partition)
         label_tp = TP(self.topics.labels, partition)
@@ -122,23 +123,22 @@ class ComputeRuntime:
             ahead = pred_tp
         else:
             ahead = None
-        consumer = self.app.consumer
-        was = self.paused.get(partition)
+        consumer = cast(BoundedConsumer, self.app.consumer)
+        was = self.held.get(partition)
         if was is not None and was != ahead:
-            consumer.on_buffer_drop(was)
+            consumer.release(was)
         if ahead is not None:
-            # Faust's own way to stop fetching a partition whose buffer is full: it keeps
-            # delivering what was fetched already (pause_partitions would drop that). Again
-            # every time, as Faust's flow control may resume the partition meanwhile.
-            consumer.on_buffer_full(ahead)
-            self.paused[partition] = ahead
+            consumer.hold(ahead)
+            self.held[partition] = ahead
         else:
-            self.paused.pop(partition, None)
+            self.held.pop(partition, None)
 
     def _behind(self, tp: TP) -> bool:
-        """The broker has messages of ``tp`` this worker has not processed yet."""
+        """The broker has messages of ``tp`` this worker has not processed yet, or may have:
+        its end is known only once a fetch for ``tp`` returned, which holding the other topic
+        does not delay."""
         high = self.app.consumer.highwater(tp)
-        return bool(high) and self.last_offsets.get(tp, -1) + 1 < high
+        return high is None or self.last_offsets.get(tp, -1) + 1 < high
 
     async def _restore(self, state: PartitionState, tp: TP, offset: int) -> None:
         """Set the topic's watermark to the one it had at ``offset`` (where Faust resumed)."""
@@ -308,7 +308,7 @@ class ComputeRuntime:
             self.states.pop(tp.partition, None)
             self.unacked.pop(tp, None)
             self.last_offsets.pop(tp, None)
-            self.paused.pop(tp.partition, None)
+            self.held.pop(tp.partition, None)
             self.restored.discard(tp)
             self.checkpoints.pop(tp.partition, None)
             self.written.pop(tp.partition, None)

@@ -10,6 +10,8 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 log = logging.getLogger(__name__)
 
@@ -44,19 +46,52 @@ async def ensure_topics(
             await admin.close()
 
 
-#: What one fetch request of a worker may return, over all its partitions, unless one input
-#: message is larger (``max_message_bytes``).
-FETCH_MAX_BYTES = 1024 * 1024
+#: What one fetch request of a worker may return, over all its partitions. A message larger
+#: than this still comes whole, alone (KIP-74), so it bounds what is read ahead, not what can
+#: be read. 256 KiB is one envelope of predictions, or about 15 of labels.
+FETCH_MAX_BYTES = 256 * 1024
 
 
-def bound_fetch_bytes(app: Any, max_message_bytes: int) -> None:
-    """Cap what one fetch request of the app's consumer returns, over all its partitions.
+class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        # Faust sets only the per-partition limit, which some brokers (Tansu) ignore, and
+        # does not pass the request's limit through (aiokafka's default is 50 MiB): set it
+        # before the consumer starts, so that even its first fetch is bounded.
+        consumer._fetch_max_bytes = FETCH_MAX_BYTES
+        return consumer
 
-    Faust sets only the per-partition limit, which some brokers (Tansu) do not apply; the
-    request's own limit (aiokafka's ``fetch_max_bytes``, 50 MiB by default) they do. What is
-    fetched ahead is what a backlog puts in a worker's memory at once, so it is kept to a
-    few messages' worth (at least one input message's). Faust does not pass the setting
-    through, hence the attribute. Call it once the consumer runs (its fetcher exists).
+
+class BoundedConsumer(faust_aiokafka.Consumer):
+    """Faust's Kafka consumer, bounded in what it reads ahead: each fetch returns at most
+    :data:`FETCH_MAX_BYTES`, and the pipeline can *hold* a partition, which is then not
+    fetched again until it releases it, whatever Faust's own flow control decides meanwhile.
+
+    Holding is Faust's buffer-full switch (what was fetched is still delivered; stopping
+    with ``pause_partitions`` would drop it), made to stick: Faust lifts that switch
+    whenever a stream's buffer drains, which would let a held partition run ahead again.
     """
-    max_bytes = max(FETCH_MAX_BYTES, max_message_bytes + 65_536)
-    app.consumer._thread._consumer._fetcher._fetch_max_bytes = max_bytes
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.held: set[TP] = set()
+
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def hold(self, tp: TP) -> None:
+        self.held.add(tp)
+        self.on_buffer_full(tp)  # again every time: a rebalance makes it active again
+
+    def release(self, tp: TP) -> None:
+        if tp in self.held:
+            self.held.discard(tp)
+            super().on_buffer_drop(tp)
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        if tp not in self.held:
+            super().on_buffer_drop(tp)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.held.difference_update(revoked)
+        await super().on_partitions_revoked(revoked)

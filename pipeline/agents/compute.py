@@ -7,7 +7,6 @@ from typing import Any
 import faust
 
 from pipeline.compute import ComputeRuntime
-from pipeline.kafka import bound_fetch_bytes
 
 
 def register(app: faust.App, runtime: ComputeRuntime) -> None:
@@ -20,8 +19,6 @@ def register(app: faust.App, runtime: ComputeRuntime) -> None:
     @app.agent(source, concurrency=1, name="modelmon.compute")
     async def compute(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.noack().events():
-            if runtime.first_input is None:  # the consumer runs: its fetcher exists
-                bound_fetch_bytes(app, runtime.settings.max_message_bytes)
             await runtime.process(event)
 
     @app.timer(runtime.settings.flush_interval_seconds, name="modelmon.compute.flush")

@@ -9,7 +9,6 @@ from typing import Any
 
 import faust
 
-from pipeline.kafka import bound_fetch_bytes
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink, redact
 from pipeline.sink.derive import Deriver, WindowRef, window_of
@@ -213,6 +212,4 @@ def register(app: faust.App, runtime: SinkRuntime) -> None:
         async for events in stream.take_events(
             settings.sink_batch_messages, settings.sink_batch_seconds
         ):
-            if not runtime.seen_input:  # the consumer runs: its fetcher exists
-                bound_fetch_bytes(app, settings.max_message_bytes)
             await runtime.write(events)

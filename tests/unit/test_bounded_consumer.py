@@ -1,0 +1,74 @@
+"""The workers' Kafka consumer bounds what it reads ahead: every fetch request, the first
+included, is capped, and a partition the compute stage holds stays out of the fetch set until
+it is released, even when Faust's own flow control would resume it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import faust
+import pytest
+from faust.types import TP
+
+from pipeline.app import create_app
+from pipeline.kafka import FETCH_MAX_BYTES, BoundedConsumer
+from pipeline.settings import Settings
+
+LABELS_0 = TP("bc.labels", 0)
+LABELS_1 = TP("bc.labels", 1)
+
+
+@pytest.fixture
+def app() -> Iterator[faust.App]:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        yield create_app(Settings.load(overrides={"role": "compute", "topic_prefix": "bc."}))
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_the_workers_consumer_is_bounded(app: faust.App) -> None:
+    assert isinstance(app.consumer, BoundedConsumer)
+
+
+def test_a_held_partition_stays_out_of_the_fetch_set_until_released(app: faust.App) -> None:
+    consumer = app.consumer
+    assert isinstance(consumer, BoundedConsumer)
+    active = consumer._set_active_tps({LABELS_0, LABELS_1})
+
+    consumer.hold(LABELS_0)
+    assert LABELS_0 not in active
+    consumer.on_buffer_drop(LABELS_0)  # Faust's flow control: the stream's buffer drained
+    assert LABELS_0 not in active, "a drained buffer must not resume a held partition"
+
+    consumer.on_buffer_full(LABELS_1)  # Faust's own switch still works on the others
+    assert LABELS_1 not in active
+    consumer.on_buffer_drop(LABELS_1)
+    assert LABELS_1 in active
+
+    consumer.release(LABELS_0)
+    assert LABELS_0 in active
+    consumer.release(LABELS_0)  # releasing twice is harmless
+    assert active == {LABELS_0, LABELS_1}
+
+
+def test_a_revoked_partition_is_no_longer_held(app: faust.App) -> None:
+    consumer = app.consumer
+    assert isinstance(consumer, BoundedConsumer)
+    consumer._set_active_tps({LABELS_0, LABELS_1})
+    consumer.hold(LABELS_0)
+    asyncio.get_event_loop().run_until_complete(consumer.on_partitions_revoked({LABELS_0}))
+    assert consumer.held == set()
+
+
+def test_even_the_first_fetch_is_capped(app: faust.App) -> None:
+    """The cap is set when the aiokafka consumer is created, before it starts fetching."""
+
+    async def create() -> int:
+        aiokafka_consumer = app.consumer._thread._create_worker_consumer(app.transport)
+        return aiokafka_consumer._fetch_max_bytes
+
+    assert asyncio.get_event_loop().run_until_complete(create()) == FETCH_MAX_BYTES
