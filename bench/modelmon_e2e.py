@@ -4,7 +4,8 @@ produced to the last row inserted in ClickHouse; and the paced sub-run that meas
 event-to-row latency.
 
 Results are read through ``modelmon query`` in a child process (chDB opens one database path
-per process). Every ``*_partials`` table the worker writes counts towards "the last row", so
+per process). Every window table the worker writes counts towards "the last row": the
+``*_partials`` tables and the ``*_rows`` tables derived from them (not the dead letters), so
 metric families added to the worker are measured without changes here.
 """
 
@@ -81,19 +82,19 @@ def query(dsn: str, sql: str) -> list[dict[str, Any]]:
     return orjson.loads(out.stdout)
 
 
-def partial_tables(dsn: str) -> list[str]:
+def window_tables(dsn: str) -> list[str]:
     rows = query(
         dsn,
-        f"SELECT name FROM system.tables WHERE database = '{DB}' "
-        "AND name LIKE '%\\_partials' ORDER BY name",
+        f"SELECT name FROM system.tables WHERE database = '{DB}' AND (name LIKE '%\\_partials' "
+        "OR (name LIKE '%\\_rows' AND name != 'dead_letters_rows')) ORDER BY name",
     )
     return [r["name"] for r in rows]
 
 
 def last_insert_ms(dsn: str) -> tuple[int, dict[str, int]]:
-    """The latest ``inserted_at`` over every partial table, and the row count of each."""
+    """The latest ``inserted_at`` over every window table, and the row count of each."""
     latest, counts = 0, {}
-    for t in partial_tables(dsn):
+    for t in window_tables(dsn):
         r = query(
             dsn,
             f"SELECT toUnixTimestamp64Milli(max(inserted_at)) AS t, count() AS n "
@@ -358,6 +359,19 @@ def run_paced(
         if t is not None:
             sink_lag[k] = max(0, int(r["ins"]) - t)
     lag_default = float(np.median(list(sink_lag.values()))) if sink_lag else 0.0
+    # How long after a window's last feature partials its drift rows were derived.
+    derive_lag = [
+        max(0, int(r["lag"]))
+        for r in query(
+            dsn,
+            "SELECT toUnixTimestamp64Milli(d.ins) - toUnixTimestamp64Milli(f.ins) AS lag FROM "
+            "(SELECT model, segment, window_start, max(inserted_at) AS ins "
+            " FROM feature_partials FINAL GROUP BY model, segment, window_start) AS f "
+            "JOIN (SELECT model, segment, window_start, max(inserted_at) AS ins "
+            " FROM drift_rows FINAL GROUP BY model, segment, window_start) AS d "
+            "USING (model, segment, window_start)",
+        )
+    ]
     ranks: dict[tuple[str, tuple[Any, ...]], int] = {}
     emit_lat, row_lat, missing = [], [], 0
     for kind, key, ts_ms in sent:
@@ -385,5 +399,8 @@ def run_paced(
         "row_p99_s": pct(row_lat, 99),
         "sink_lag_p50_s": pct(list(sink_lag.values()), 50),
         "sink_lag_p99_s": pct(list(sink_lag.values()), 99),
+        "derive_lag_p50_s": pct(derive_lag, 50),
+        "derive_lag_p99_s": pct(derive_lag, 99),
         "peak_rss_mib": {role: e.rss_mib for role, e in ended.items()},
+        "cpu_seconds": {role: e.cpu_s for role, e in ended.items()},
     }

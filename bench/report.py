@@ -114,7 +114,9 @@ def table(r: dict[str, Any]) -> str:
             f"paced at {p['rate_events_per_s']:,.0f} events/s for {p['seconds']:.0f} s "
             f"(window {r['window_seconds']} s): event->row p50 {p['row_p50_s']:.2f} s, "
             f"p99 {p['row_p99_s']:.2f} s (emitted to metrics p50 {p['emit_p50_s']:.2f} s, "
-            f"p99 {p['emit_p99_s']:.2f} s; sink insert p99 {p['sink_lag_p99_s']:.2f} s)"
+            f"p99 {p['emit_p99_s']:.2f} s; sink insert p99 {p['sink_lag_p99_s']:.2f} s); "
+            f"drift rows derived p99 {p['derive_lag_p99_s']:.2f} s after a window's last "
+            f"partials; CPU-s {', '.join(f'{k} {v:.1f}' for k, v in p['cpu_seconds'].items())}"
         )
     if len(r["scales"]) > 1:
         parts = []

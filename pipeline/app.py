@@ -73,7 +73,7 @@ def create_app(settings: Settings) -> faust.App:
         compute = ComputeRuntime(app, settings, topics, run_id)
         compute_agent.register(app, compute)
     if settings.role in ("all", "sink"):
-        sink = sink_agent.SinkRuntime(settings, topics, run_id)
+        sink = sink_agent.SinkRuntime(app, settings, topics, run_id)
         sink_agent.register(app, sink)
     if settings.idle_exit_seconds > 0:
         _register_idle_exit(app, settings.idle_exit_seconds, compute, sink)
@@ -105,7 +105,7 @@ def _register_idle_exit(
         now = time.monotonic()
         quiet = all(now - r.last_input >= seconds for r in runtimes)
         started = all(r.seen_input for r in runtimes)
-        busy = sink is not None and sink.busy
+        busy = sink is not None and not sink.idle()
         if started and quiet and not busy and (compute is None or compute.idle()) and caught_up():
             log.info("no input for %.0fs and nothing unwritten: stopping", seconds)
             os.kill(os.getpid(), signal.SIGTERM)

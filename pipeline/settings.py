@@ -90,6 +90,12 @@ class Settings:
     max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
     sink_batch_messages: int = _setting(100, "metrics messages per ClickHouse insert, at most")
     sink_batch_seconds: float = _setting(1.0, "longest wait before a partial sink batch is written")
+    derive_interval_seconds: float = _setting(
+        5.0,
+        "longest a window's drift, data-quality and client-activity rows lag its partials while"
+        " input flows (derived at once when it pauses); each derive covers every window"
+        " changed since the last",
+    )
     sink_insert_bytes: int = _setting(
         8_388_608,
         "metrics bytes a sink decodes and inserts at once (a batch is inserted in such parts"
@@ -161,6 +167,8 @@ class Settings:
             raise ValueError(
                 f"drift_correction: expected bh, bonferroni or none, got {self.drift_correction!r}"
             )
+        if self.derive_interval_seconds < 0:
+            raise ValueError("derive_interval_seconds: must be >= 0 (0 = after every batch)")
         if self.lateness_seconds < 0 or self.label_ttl_seconds < 0:
             raise ValueError("lateness_seconds and label_ttl_seconds must be >= 0")
 

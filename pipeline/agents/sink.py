@@ -1,13 +1,16 @@
-"""The sink agent: metrics and dead-letter messages into ClickHouse, in batches."""
+"""The sink agent: metrics and dead-letter messages into ClickHouse, in batches, and the
+derived rows of the windows they changed."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
+from faust.types import Message
 
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink, redact
@@ -19,9 +22,12 @@ log = logging.getLogger(__name__)
 
 
 class SinkRuntime:
-    """Batches rows by table and writes them; offsets are acknowledged after the insert."""
+    """Batches rows by table and writes them; derives what changed at most every
+    ``derive_interval_seconds`` (at once when input pauses); acknowledges a message only once
+    its rows are inserted and the windows they changed are derived."""
 
-    def __init__(self, settings: Settings, topics: Topics, run_id: str) -> None:
+    def __init__(self, app: faust.App, settings: Settings, topics: Topics, run_id: str) -> None:
+        self.app = app
         self.settings = settings
         self.topics = topics
         self.run_id = run_id
@@ -32,6 +38,14 @@ class SinkRuntime:
         self.busy = False  # a batch is being written (or retried)
         self.seen_input = False
         self.last_offsets: dict[Any, int] = {}  # the last offset written, per partition
+        #: By result set: windows whose partials changed since they were last derived, and
+        #: (model, version) pairs with a new reference profile; since when they wait.
+        self.stale: dict[str, set[WindowRef]] = {}
+        self.new_profiles: dict[str, set[tuple[str, str]]] = {}
+        self.stale_since: float | None = None
+        #: Inserted messages (payloads dropped) waiting for the derive that covers them.
+        self.held: list[Message] = []
+        self.lock = asyncio.Lock()  # one ClickHouse step at a time: a batch or a derive
 
     def open(self) -> ClickHouseSink:
         if self.sink is None:
@@ -97,51 +111,60 @@ class SinkRuntime:
             self.targets[result_set] = (sink, Deriver(sink, self.settings))
         return self.targets[result_set]
 
-    def _write(self, events: list[faust.EventT], counters: dict[str, int]) -> dict[str, int]:
-        """Insert, then derive drift, data quality and client activity for the windows whose
-        feature or client summaries changed (blocking: runs in a worker thread).
-
-        The batch is decoded and inserted ``sink_insert_bytes`` of messages at a time, which
-        bounds the rows in memory; what changed is derived once, after the last part. Returns
-        ``counters`` with the rows written added (written with the batch)."""
+    def _insert(self, events: list[faust.EventT], counters: dict[str, int]) -> dict[str, int]:
+        """Insert the batch ``sink_insert_bytes`` of messages at a time (which bounds the
+        rows in memory) and mark the windows whose feature or client summaries changed, and
+        the models with a new reference profile, as stale (blocking: runs in a worker
+        thread). Returns ``counters`` with the rows written added (written with the batch)."""
         counters = dict(counters)
-        profiles: dict[str, set[tuple[str, str]]] = {}
-        changed: dict[str, set[WindowRef]] = {}
         for part in _parts(events, self.settings.sink_insert_bytes):
-            sets = self.batch(part)
-            for result_set, tables in sets.items():
+            for result_set, tables in self.batch(part).items():
                 sink, _ = self._target(result_set)
                 for table, rows in tables.items():
                     sink.insert(table, rows)
                     counters["rows_written"] += len(rows)
-                profiles.setdefault(result_set, set()).update(
-                    (r["model"], r["model_version"]) for r in tables.get("reference_profiles", ())
-                )
-                changed.setdefault(result_set, set()).update(
-                    window_of(r)
-                    for table in ("feature_partials", "client_partials")
-                    for r in tables.get(table, ())
-                )
+                self._mark_stale(result_set, tables)
         self.open().insert("pipeline_counters", self._counter_rows(counters))
-        for result_set in profiles.keys() | changed.keys():
+        return counters
+
+    def _mark_stale(self, result_set: str, tables: dict[str, list[dict]]) -> None:
+        profiles = {(r["model"], r["model_version"]) for r in tables.get("reference_profiles", ())}
+        windows = {
+            window_of(r)
+            for table in ("feature_partials", "client_partials")
+            for r in tables.get(table, ())
+        }
+        if profiles:
+            self.new_profiles.setdefault(result_set, set()).update(profiles)
+        if windows:
+            self.stale.setdefault(result_set, set()).update(windows)
+        if (profiles or windows) and self.stale_since is None:
+            self.stale_since = time.monotonic()
+
+    def _derive(self, counters: dict[str, int]) -> dict[str, int]:
+        """Derive drift, data quality and client activity of every stale window (blocking:
+        runs in a worker thread); a new reference profile re-derives its model's windows."""
+        counters = dict(counters)
+        for result_set in self.new_profiles.keys() | self.stale.keys():
             sink, deriver = self._target(result_set)
             derived = []
-            if profiles.get(result_set):
-                derived.append(deriver.rederive(profiles[result_set]))
-            if changed.get(result_set):
-                derived.append(deriver.derive(changed[result_set]))
+            if self.new_profiles.get(result_set):
+                derived.append(deriver.rederive(self.new_profiles[result_set]))
+            if self.stale.get(result_set):
+                derived.append(deriver.derive(self.stale[result_set]))
             for by_table in derived:
                 for table, rows in by_table.items():
                     sink.insert(f"{table}_rows", rows)
+                    counters["rows_written"] += len(rows)
+        self.open().insert("pipeline_counters", self._counter_rows(counters))
+        self.stale.clear()
+        self.new_profiles.clear()
+        self.stale_since = None
         return counters
 
-    async def write(self, events: list[faust.EventT]) -> None:
-        """Insert everything in ``events``; retry with backoff until ClickHouse accepts it.
-        Until then the batch is not acknowledged, so offsets do not move and the stream's
-        bounded buffer stops consumption: nothing piles up in memory."""
-        self.last_input = time.monotonic()
-        self.seen_input = True
-        self.busy = True
+    async def _retrying(self, step: Callable[[dict[str, int]], dict[str, int]], what: str) -> None:
+        """Run a blocking ClickHouse step in a worker thread until it succeeds, with backoff;
+        the failures and the outage's length are counted (and written once writes work)."""
         delay = 0.5
         failed_at: float | None = None
         while True:
@@ -149,12 +172,13 @@ class SinkRuntime:
             if failed_at is not None:
                 counters["outage_ms"] += int((time.monotonic() - failed_at) * 1000)
             try:
-                counters = await asyncio.to_thread(self._write, events, counters)
+                self.counters = await asyncio.to_thread(step, counters)
             except Exception as exc:
                 failed_at = failed_at or time.monotonic()
                 self.counters["write_failures"] += 1
                 log.error(
-                    "ClickHouse write failed (%s, attempt %d); retrying in %.1fs: %s",
+                    "ClickHouse %s failed (%s, attempt %d); retrying in %.1fs: %s",
+                    what,
                     redact(self.settings.clickhouse_dsn),
                     self.counters["write_failures"],
                     delay,
@@ -167,13 +191,70 @@ class SinkRuntime:
                 log.warning(
                     "ClickHouse writes work again after %.1fs", time.monotonic() - failed_at
                 )
-            self.counters = counters
+            return
+
+    async def write(self, events: list[faust.EventT]) -> None:
+        """Insert everything in ``events``; retry with backoff until ClickHouse accepts it.
+        Until then the batch is not acknowledged, so offsets do not move and the stream's
+        bounded buffer stops consumption: nothing piles up in memory. The messages are
+        acknowledged by the derive that covers what they changed (right away if nothing is
+        stale)."""
+        for event in events:
+            event.message.incref()  # Faust's ack when this returns leaves it unacknowledged
+        async with self.lock:
+            self.last_input = time.monotonic()
+            self.seen_input = True
+            self.busy = True
+            await self._retrying(lambda counters: self._insert(events, counters), "write")
             for event in events:
-                tp = event.message.tp
-                self.last_offsets[tp] = max(self.last_offsets.get(tp, -1), event.message.offset)
+                message = event.message
+                message.value = event.value = None  # inserted: only the offset is needed
+                self.held.append(message)
+                tp = message.tp
+                self.last_offsets[tp] = max(self.last_offsets.get(tp, -1), message.offset)
+            if self.stale_since is None or self._derive_due(time.monotonic()):
+                await self._derive_now()
             self.busy = False
             self.last_input = time.monotonic()
+
+    def _derive_due(self, now: float) -> bool:
+        return (
+            self.stale_since is not None
+            and now - self.stale_since >= self.settings.derive_interval_seconds
+        )
+
+    async def derive_if_due(self) -> None:
+        """Derive what is stale once it waited ``derive_interval_seconds``, or once no batch
+        came for ``sink_batch_seconds`` (the input paused: no need to wait for more)."""
+        now = time.monotonic()
+        paused = now - self.last_input >= self.settings.sink_batch_seconds
+        if self.stale_since is None or self.lock.locked():
             return
+        if paused or self._derive_due(now):
+            async with self.lock:
+                self.busy = True
+                await self._derive_now()
+                self.busy = False
+
+    async def _derive_now(self) -> None:
+        """Derive (with the lock held), then acknowledge every held message."""
+        if self.stale_since is not None:
+            await self._retrying(self._derive, "derive")
+        consumer = self.app.consumer
+        for message in self.held:
+            message.ack(consumer)
+        self.held.clear()
+
+    def revoke(self, tps: Iterable[Any]) -> None:
+        """Forget held messages of partitions another worker now owns (it re-reads them)."""
+        gone = set(tps)
+        self.held = [m for m in self.held if m.tp not in gone]
+        for tp in gone:
+            self.last_offsets.pop(tp, None)
+
+    def idle(self) -> bool:
+        """Nothing is being written and nothing waits to be derived."""
+        return not self.busy and self.stale_since is None and not self.held
 
 
 def _parts(events: list[Any], max_bytes: int) -> list[list[Any]]:
@@ -213,3 +294,11 @@ def register(app: faust.App, runtime: SinkRuntime) -> None:
             settings.sink_batch_messages, settings.sink_batch_seconds
         ):
             await runtime.write(events)
+
+    @app.timer(min(1.0, runtime.settings.sink_batch_seconds), name="modelmon.sink.derive")
+    async def derive() -> None:
+        await runtime.derive_if_due()
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        runtime.revoke(revoked)

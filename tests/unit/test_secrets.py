@@ -119,7 +119,7 @@ def test_cli_error_on_an_unreachable_clickhouse_hides_the_password() -> None:
 
 
 def test_sink_retry_log_hides_the_password(caplog: pytest.LogCaptureFixture) -> None:
-    runtime = SinkRuntime(settings(), Topics("secret-test."), "secret-test")
+    runtime = SinkRuntime(None, settings(), Topics("secret-test."), "secret-test")  # type: ignore[arg-type]
 
     async def write_for_a_while() -> None:
         with pytest.raises(TimeoutError):

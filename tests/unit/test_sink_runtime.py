@@ -1,0 +1,195 @@
+"""The sink runtime on a real chDB: a message is acknowledged only once its rows are inserted
+and the windows they changed are derived; derives are coalesced while input flows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from faust.types.tuples import ConsumerMessage
+
+from pipeline.agents.sink import SinkRuntime
+from pipeline.estimators.features import FeatureWindow
+from pipeline.settings import Settings
+from pipeline.sink.derive import Deriver
+from schemas.rows import encode_rows
+from schemas.topics import Topics
+
+MINUTE = 60_000
+T0 = 1_700_000_040_000
+TOPICS = Topics("sinkrt.")
+
+
+class Consumer:
+    """Records what is acknowledged (the offsets Faust would then commit)."""
+
+    def __init__(self) -> None:
+        self.acked: list[int] = []
+
+    def ack(self, message: ConsumerMessage) -> bool:
+        message.acked = True
+        self.acked.append(message.offset)
+        return True
+
+
+def feature_rows(k: int, seed: int) -> list[dict[str, Any]]:
+    window = FeatureWindow()
+    window.update([{"x": float(v)} for v in np.random.default_rng(seed).normal(0, 1, 500)])
+    key = {
+        "model": "m",
+        "model_version": "v",
+        "segment": "",
+        "window_start": T0 + k * MINUTE,
+        "window_end": T0 + (k + 1) * MINUTE,
+        "partition": seed,
+        "version": 500,
+    }
+    return [key | row for row in window.rows()]
+
+
+def counter_rows() -> list[dict[str, Any]]:
+    row = {"stage": "compute", "run_id": "r", "partition": 0, "counter": "c", "value": 1}
+    return [row | {"version": 1}]
+
+
+class Batches:
+    """Metrics messages as Faust delivers them (one reference held by the stream)."""
+
+    def __init__(self) -> None:
+        self.offset = 0
+
+    def __call__(self, *tables: tuple[str, list[dict[str, Any]]]) -> list[Any]:
+        events = []
+        for table, rows in tables:
+            value = encode_rows(table, rows)
+            message = ConsumerMessage(
+                TOPICS.metrics, 0, self.offset, time.time(), 0, [], None, value, None
+            )
+            message.incref()
+            events.append(SimpleNamespace(message=message, value=value))
+            self.offset += 1
+        return events
+
+
+def runtime(chdb_path: Path, name: str, **settings: Any) -> tuple[SinkRuntime, Consumer]:
+    consumer = Consumer()
+    s = Settings.load(
+        env={},
+        overrides={
+            "clickhouse_dsn": f"chdb://{chdb_path}",
+            "clickhouse_database": f"sinkrt_{name}",
+            "window_seconds": 60,
+            "drift_previous_windows": 1,
+            **settings,
+        },
+    )
+    return SinkRuntime(SimpleNamespace(consumer=consumer), s, TOPICS, "t"), consumer  # type: ignore[arg-type]
+
+
+async def write(rt: SinkRuntime, events: list[Any]) -> None:
+    """A batch through the runtime, then Faust's own acknowledgement of it."""
+    await rt.write(events)
+    for event in events:
+        event.message.ack(rt.app.consumer)
+
+
+def drift_windows(rt: SinkRuntime) -> set[int]:
+    _, rows = rt.open().query(
+        "SELECT DISTINCT toUnixTimestamp64Milli(window_start) FROM drift WHERE method = 'psi'"
+    )
+    return {r[0] for r in rows}
+
+
+@pytest.fixture
+def derive_calls(monkeypatch: pytest.MonkeyPatch) -> list[set[Any]]:
+    calls: list[set[Any]] = []
+    original = Deriver.derive
+
+    def counted(self: Deriver, windows: Any) -> Any:
+        calls.append(set(windows))
+        return original(self, windows)
+
+    monkeypatch.setattr(Deriver, "derive", counted)
+    return calls
+
+
+def test_messages_wait_for_the_derive_that_covers_them(
+    chdb_path: Path, derive_calls: list[set[Any]]
+) -> None:
+    rt, consumer = runtime(chdb_path, "wait", derive_interval_seconds=60)
+    batch = Batches()
+
+    async def run() -> None:
+        await write(rt, batch(("feature_partials", feature_rows(0, 0))))
+        await write(rt, batch(("feature_partials", feature_rows(1, 1))))
+        await write(rt, batch(("feature_partials", feature_rows(1, 2))))
+        # Inserted, but the windows are not derived yet: nothing is acknowledged.
+        assert consumer.acked == [] and derive_calls == [] and not rt.idle()
+        await rt.derive_if_due()  # input flowing, interval not over: still waits
+        assert derive_calls == []
+        rt.last_input -= rt.settings.sink_batch_seconds  # the input paused
+        await rt.derive_if_due()
+
+    asyncio.run(run())
+    assert len(derive_calls) == 1  # both windows, window 1 once for its two partials
+    assert {w[3] for w in derive_calls[0]} == {T0, T0 + MINUTE}
+    assert drift_windows(rt) == {T0 + MINUTE}  # window 0 is window 1's reference
+    assert consumer.acked == [0, 1, 2] and rt.idle()
+
+
+def test_a_derive_is_due_after_the_interval_even_while_input_flows(
+    chdb_path: Path, derive_calls: list[set[Any]]
+) -> None:
+    rt, consumer = runtime(chdb_path, "due", derive_interval_seconds=0.3)
+    batch = Batches()
+
+    async def run() -> None:
+        await write(rt, batch(("feature_partials", feature_rows(0, 0))))
+        assert derive_calls == []
+        await asyncio.sleep(0.35)
+        await write(rt, batch(("feature_partials", feature_rows(1, 0))))  # derives both
+
+    asyncio.run(run())
+    assert [len(c) for c in derive_calls] == [2]
+    assert consumer.acked == [0, 1]
+
+
+def test_batches_that_change_no_window_are_acknowledged_at_once(
+    chdb_path: Path, derive_calls: list[set[Any]]
+) -> None:
+    rt, consumer = runtime(chdb_path, "none")
+    asyncio.run(write(rt, Batches()(("pipeline_counters", counter_rows()))))
+    assert consumer.acked == [0] and derive_calls == [] and rt.idle()
+
+
+def test_interval_zero_derives_after_every_batch(
+    chdb_path: Path, derive_calls: list[set[Any]]
+) -> None:
+    rt, consumer = runtime(chdb_path, "zero", derive_interval_seconds=0)
+    batch = Batches()
+
+    async def run() -> None:
+        await write(rt, batch(("feature_partials", feature_rows(0, 0))))
+        await write(rt, batch(("feature_partials", feature_rows(1, 0))))
+
+    asyncio.run(run())
+    assert len(derive_calls) == 2 and consumer.acked == [0, 1]
+
+
+def test_a_revoked_partition_is_not_acknowledged(chdb_path: Path) -> None:
+    rt, consumer = runtime(chdb_path, "revoke", derive_interval_seconds=60)
+
+    async def run() -> None:
+        events = Batches()(("feature_partials", feature_rows(0, 0)))
+        await write(rt, events)
+        rt.revoke({events[0].message.tp})
+        rt.last_input -= rt.settings.sink_batch_seconds
+        await rt.derive_if_due()
+
+    asyncio.run(run())
+    assert consumer.acked == [] and rt.idle()
