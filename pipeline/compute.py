@@ -33,6 +33,10 @@ from schemas.topics import Topics
 log = logging.getLogger(__name__)
 
 MAX_ROWS_MESSAGE_BYTES = 512 * 1024  # well under Kafka's default 1 MiB message limit
+#: Faust hands over a full stream buffer without returning to the event loop (up to 128
+#: envelopes: seconds of work), which would hold back the flush timer and offset commits;
+#: so processing yields to the loop at least this often.
+YIELD_SECONDS = 0.01
 _VALID = {"prediction": "predictions_valid", "label": "labels_valid"}  # counter per kind
 
 
@@ -59,6 +63,7 @@ class ComputeRuntime:
         self.last_input = time.monotonic()
         self.seen_input = False
         self.events_in = 0
+        self.yielded_at = time.monotonic()
         self.last_offsets: dict[TP, int] = {}  # the last offset processed, per partition
         self.held: dict[int, TP] = {}  # the topic held because it leads, per partition
         self.lead_ms = 1000 * (
@@ -101,6 +106,9 @@ class ComputeRuntime:
         message.value = event.value = None
         self.last_offsets[tp] = message.offset
         self._pace(tp.partition, state)
+        if self.last_input - self.yielded_at >= YIELD_SECONDS:
+            self.yielded_at = self.last_input
+            await asyncio.sleep(0)  # let the flush timer and commits run
 
     def _pace(self, partition: int, state: PartitionState) -> None:
         """Keep a partition's two topics within ``lead_ms`` of event time of each other.

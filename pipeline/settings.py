@@ -167,6 +167,9 @@ class Settings:
             raise ValueError(
                 f"drift_correction: expected bh, bonferroni or none, got {self.drift_correction!r}"
             )
+        for name in ("flush_interval_seconds", "sink_batch_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.derive_interval_seconds < 0:
             raise ValueError("derive_interval_seconds: must be >= 0 (0 = after every batch)")
         if self.lateness_seconds < 0 or self.label_ttl_seconds < 0:

@@ -295,9 +295,13 @@ def register(app: faust.App, runtime: SinkRuntime) -> None:
         ):
             await runtime.write(events)
 
-    @app.timer(min(1.0, runtime.settings.sink_batch_seconds), name="modelmon.sink.derive")
+    @app.task
     async def derive() -> None:
-        await runtime.derive_if_due()
+        """Checks four times per batch wait (a pause is noticed soon after the first empty
+        wait); a loop, not a timer, as a derive may run longer than the period."""
+        while True:
+            await asyncio.sleep(runtime.settings.sink_batch_seconds / 4)
+            await runtime.derive_if_due()
 
     @app.on_partitions_revoked.connect
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:

@@ -31,6 +31,8 @@ def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
         ({"partitions": 0}, "partitions: must be >= 1"),
         ({"clickhouse_database": "x; DROP TABLE y"}, "clickhouse_database"),
         ({"no_such_setting": 1}, "unknown settings: no_such_setting"),
+        ({"sink_batch_seconds": 0}, "sink_batch_seconds: must be > 0"),
+        ({"derive_interval_seconds": -1}, "derive_interval_seconds: must be >= 0"),
     ],
 )
 def test_bad_values_are_clear_errors(overrides: dict, message: str) -> None:
