@@ -13,9 +13,9 @@ import faust
 from faust.types import Message
 
 from pipeline.settings import Settings
-from pipeline.sink.clickhouse import ClickHouseSink, redact
+from pipeline.sink.clickhouse import ClickHouseSink, json_rows, redact
 from pipeline.sink.derive import Deriver, WindowRef, window_of
-from schemas.rows import decode_rows
+from schemas.rows import RowBatch, decode_rows
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -73,36 +73,6 @@ class SinkRuntime:
             for name, value in counters.items()
         ]
 
-    def batch(self, events: list[faust.EventT]) -> dict[str, dict[str, list[dict]]]:
-        """Rows by result set ("" = live) and table."""
-        sets: dict[str, dict[str, list[dict]]] = {}
-        for event in events:
-            message = event.message
-            if message.topic == self.topics.deadletter:
-                headers = {k: v.decode() for k, v in (message.headers or [])}
-                row = {
-                    "source_topic": headers.get("source_topic", ""),
-                    "source_partition": int(headers.get("source_partition", 0)),
-                    "source_offset": int(headers.get("source_offset", 0)),
-                    "event_index": int(headers.get("event_index", -1)),
-                    "reason": headers.get("reason", ""),
-                    "raw": message.value or b"",
-                    "raw_size": int(headers.get("raw_size", len(message.value or b""))),
-                    "received_at": int(headers.get("received_at", 0)),
-                }
-                sets.setdefault("", {}).setdefault("dead_letters_rows", []).append(row)
-                continue
-            try:
-                rows = decode_rows(message.value)
-            except ValueError:
-                log.error(
-                    "skipping a metrics message that is not rows at offset %d", message.offset
-                )
-                continue
-            tables = sets.setdefault(rows.result_set, {})
-            tables.setdefault(rows.table, []).extend(rows.rows)
-        return sets
-
     def _target(self, result_set: str) -> tuple[ClickHouseSink, Deriver]:
         """The sink and deriver of a result set: the live database, or ``<db>_<name>``."""
         live = self.open()
@@ -112,33 +82,52 @@ class SinkRuntime:
         return self.targets[result_set]
 
     def _insert(self, events: list[faust.EventT], counters: dict[str, int]) -> dict[str, int]:
-        """Insert the batch ``sink_insert_bytes`` of messages at a time (which bounds the
-        rows in memory) and mark the windows whose feature or client summaries changed, and
-        the models with a new reference profile, as stale (blocking: runs in a worker
-        thread). Returns ``counters`` with the rows written added (written with the batch)."""
+        """Insert the batch ``sink_insert_bytes`` of messages at a time and mark the windows
+        whose feature or client summaries changed, and the models with a new reference
+        profile, as stale (blocking: runs in a worker thread). Rows go to ClickHouse as JSON
+        text, decoded one message at a time: a part never becomes Python objects all at
+        once. Returns ``counters`` with the rows written added (written with the batch)."""
         counters = dict(counters)
+        live = self.open()
         for part in _parts(events, self.settings.sink_insert_bytes):
-            for result_set, tables in self.batch(part).items():
-                sink, _ = self._target(result_set)
-                for table, rows in tables.items():
-                    sink.insert(table, rows)
-                    counters["rows_written"] += len(rows)
-                self._mark_stale(result_set, tables)
-        self.open().insert("pipeline_counters", self._counter_rows(counters))
+            dead_letters = []
+            texts: dict[tuple[str, str], list[bytes]] = {}
+            for event in part:
+                message = event.message
+                if message.topic == self.topics.deadletter:
+                    dead_letters.append(_dead_letter_row(message))
+                    continue
+                try:
+                    batch = decode_rows(message.value)
+                except ValueError:
+                    log.error(
+                        "skipping a metrics message that is not rows at offset %d", message.offset
+                    )
+                    continue
+                if not batch.rows:
+                    continue
+                self._mark_stale(batch)
+                sink, _ = self._target(batch.result_set)
+                text = json_rows(batch.rows, sink.time_columns(batch.table))
+                texts.setdefault((batch.result_set, batch.table), []).append(text)
+                counters["rows_written"] += len(batch.rows)
+            live.insert("dead_letters_rows", dead_letters)
+            counters["rows_written"] += len(dead_letters)
+            for (result_set, table), parts in texts.items():
+                self._target(result_set)[0].insert_json(table, b",".join(parts))
+        live.insert("pipeline_counters", self._counter_rows(counters))
         return counters
 
-    def _mark_stale(self, result_set: str, tables: dict[str, list[dict]]) -> None:
-        profiles = {(r["model"], r["model_version"]) for r in tables.get("reference_profiles", ())}
-        windows = {
-            window_of(r)
-            for table in ("feature_partials", "client_partials")
-            for r in tables.get(table, ())
-        }
-        if profiles:
-            self.new_profiles.setdefault(result_set, set()).update(profiles)
-        if windows:
-            self.stale.setdefault(result_set, set()).update(windows)
-        if (profiles or windows) and self.stale_since is None:
+    def _mark_stale(self, batch: RowBatch) -> None:
+        if batch.table == "reference_profiles":
+            profiles = {(r["model"], r["model_version"]) for r in batch.rows}
+            self.new_profiles.setdefault(batch.result_set, set()).update(profiles)
+        elif batch.table in ("feature_partials", "client_partials"):
+            windows = {window_of(r) for r in batch.rows}
+            self.stale.setdefault(batch.result_set, set()).update(windows)
+        else:
+            return
+        if self.stale_since is None:
             self.stale_since = time.monotonic()
 
     def _derive(self, counters: dict[str, int]) -> dict[str, int]:
@@ -255,6 +244,22 @@ class SinkRuntime:
     def idle(self) -> bool:
         """Nothing is being written and nothing waits to be derived."""
         return not self.busy and self.stale_since is None and not self.held
+
+
+def _dead_letter_row(message: Any) -> dict[str, Any]:
+    """A dead-letter message as a ``dead_letters_rows`` row (its payload is raw bytes, which
+    JSON cannot carry: these go through the row insert)."""
+    headers = {k: v.decode() for k, v in (message.headers or [])}
+    return {
+        "source_topic": headers.get("source_topic", ""),
+        "source_partition": int(headers.get("source_partition", 0)),
+        "source_offset": int(headers.get("source_offset", 0)),
+        "event_index": int(headers.get("event_index", -1)),
+        "reason": headers.get("reason", ""),
+        "raw": message.value or b"",
+        "raw_size": int(headers.get("raw_size", len(message.value or b""))),
+        "received_at": int(headers.get("received_at", 0)),
+    }
 
 
 def _parts(events: list[Any], max_bytes: int) -> list[list[Any]]:

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+import orjson
 
 from pipeline.sink import drift_sql, quality_sql, tables
 
@@ -69,7 +70,7 @@ class ClickHouseSink:
         except Exception as exc:
             reason = scrub(str(exc), dsn)
             raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {reason}") from None
-        self._map_columns: dict[str, set[str]] = {}
+        self._described: dict[str, dict[str, str]] = {}
 
     def sibling(self, database: str) -> ClickHouseSink:
         """The same connection writing to another database (a replay's result set), migrated.
@@ -78,7 +79,7 @@ class ClickHouseSink:
             raise ValueError(f"database name must be a plain identifier, got {database!r}")
         other = object.__new__(ClickHouseSink)
         other.database, other.window_ms = database, self.window_ms
-        other._lock, other._client, other._map_columns = self._lock, self._client, {}
+        other._lock, other._client, other._described = self._lock, self._client, {}
         other.migrate()
         return other
 
@@ -106,6 +107,26 @@ class ClickHouseSink:
         with self._lock:
             self._client.insert(f"{self.database}.{table}", data, column_names=columns)
 
+    def insert_json(self, table: str, rows: bytes) -> None:
+        """Insert rows given as JSON objects separated by commas (ClickHouse parses them:
+        no Python object per value); times as seconds (see :func:`json_rows`)."""
+        if not rows:
+            return
+        if not _IDENTIFIER.match(table):
+            raise ValueError(f"table name must be a plain identifier, got {table!r}")
+        with self._lock:
+            self._client.raw_insert(
+                f"{self.database}.{table}",
+                insert_block=rows,
+                fmt="JSONEachRow",
+                # floats as Python wrote them, to the last bit (the fast parser may round)
+                settings={"precise_float_parsing": 1},
+            )
+
+    def time_columns(self, table: str) -> list[str]:
+        """The DateTime64 columns of ``table``."""
+        return [name for name, kind in self._columns(table).items() if kind.startswith("DateTime")]
+
     def query(
         self, sql: str, parameters: Mapping[str, Any] | None = None
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -121,15 +142,37 @@ class ClickHouseSink:
             self._client.close()
 
     def _maps(self, table: str) -> set[str]:
-        if table not in self._map_columns:
+        return {c for c, kind in self._columns(table).items() if re.match(_INT_MAP, kind)}
+
+    def _columns(self, table: str) -> dict[str, str]:
+        """Column name → type of ``table`` (read once)."""
+        if table not in self._described:
             with self._lock:
                 described = self._client.query(
                     f"DESCRIBE TABLE {self.database}.{table}"
                 ).result_rows
-            self._map_columns[table] = {
-                r[0] for r in described if re.match(r"Map\((U?Int\d+),", str(r[1]))
-            }
-        return self._map_columns[table]
+            self._described[table] = {str(r[0]): str(r[1]) for r in described}
+        return self._described[table]
+
+
+_INT_MAP = r"Map\((U?Int\d+),"
+
+
+def json_rows(rows: Sequence[dict[str, Any]], time_columns: Sequence[str]) -> bytes:
+    """``rows`` as JSON objects separated by commas, for :meth:`ClickHouseSink.insert_json`;
+    the (non-negative) epoch milliseconds of ``time_columns`` become exact decimal seconds
+    (ClickHouse reads a bare integer as seconds). Map keys stay strings: ClickHouse parses
+    them to the key type.
+
+    >>> json_rows([{"t": 1700000040123, "n": 1}, {"t": 5, "n": None}], ["t"])
+    b'{"t":"1700000040.123","n":1},{"t":"0.005","n":null}'
+    """
+    for row in rows:
+        for c in time_columns:
+            ms = row.get(c)
+            if type(ms) is int:
+                row[c] = f"{ms // 1000}.{ms % 1000:03d}"
+    return orjson.dumps(rows)[1:-1]
 
 
 def _map_keys(value: Mapping[Any, Any]) -> dict[int, Any]:
