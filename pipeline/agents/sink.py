@@ -35,7 +35,6 @@ class SinkRuntime:
         self.targets: dict[str, tuple[ClickHouseSink, Deriver]] = {}
         self.last_input = time.monotonic()
         self.counters = {"write_failures": 0, "outage_ms": 0, "rows_written": 0}
-        self.busy = False  # a batch is being written (or retried)
         self.seen_input = False
         self.last_offsets: dict[Any, int] = {}  # the last offset written, per partition
         #: By result set: windows whose partials changed since they were last derived, and
@@ -45,7 +44,8 @@ class SinkRuntime:
         self.stale_since: float | None = None
         #: Inserted messages (payloads dropped) waiting for the derive that covers them.
         self.held: list[Message] = []
-        self.lock = asyncio.Lock()  # one ClickHouse step at a time: a batch or a derive
+        #: One ClickHouse step at a time, a batch or a derive; held while one runs or retries.
+        self.lock = asyncio.Lock()
 
     def open(self) -> ClickHouseSink:
         if self.sink is None:
@@ -193,7 +193,6 @@ class SinkRuntime:
         async with self.lock:
             self.last_input = time.monotonic()
             self.seen_input = True
-            self.busy = True
             await self._retrying(lambda counters: self._insert(events, counters), "write")
             for event in events:
                 message = event.message
@@ -203,7 +202,6 @@ class SinkRuntime:
                 self.last_offsets[tp] = max(self.last_offsets.get(tp, -1), message.offset)
             if self.stale_since is None or self._derive_due(time.monotonic()):
                 await self._derive_now()
-            self.busy = False
             self.last_input = time.monotonic()
 
     def _derive_due(self, now: float) -> bool:
@@ -221,9 +219,7 @@ class SinkRuntime:
             return
         if paused or self._derive_due(now):
             async with self.lock:
-                self.busy = True
                 await self._derive_now()
-                self.busy = False
 
     async def _derive_now(self) -> None:
         """Derive (with the lock held), then acknowledge every held message."""
@@ -243,7 +239,7 @@ class SinkRuntime:
 
     def idle(self) -> bool:
         """Nothing is being written and nothing waits to be derived."""
-        return not self.busy and self.stale_since is None and not self.held
+        return not self.lock.locked() and self.stale_since is None and not self.held
 
 
 def _dead_letter_row(message: Any) -> dict[str, Any]:
