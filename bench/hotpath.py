@@ -126,9 +126,8 @@ def _messages(spec: EventSetSpec, topics: Topics, single: bool) -> list[_Event]:
 
 def _runtime(topics: Topics, app: _App) -> ComputeRuntime:
     runtime = ComputeRuntime(app, _settings(topics), topics, run_id="hotpath")  # type: ignore[arg-type]
-    for topic in (topics.predictions, topics.labels):
-        for p in range(PARTITIONS):
-            runtime.restored.add(TP(topic, p))  # no checkpoint topic to read
+    for p in range(PARTITIONS):
+        runtime.checkpoints[p] = []  # a first start: no checkpoint topic to read
     return runtime
 
 

@@ -8,8 +8,10 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Sequence
 
 import faust
+from faust.types import ConsumerT
 
 from pipeline.agents import compute as compute_agent
 from pipeline.agents import sink as sink_agent
@@ -91,24 +93,37 @@ def _register_idle_exit(
 
     runtimes = [r for r in (compute, sink) if r is not None]
 
-    def caught_up() -> bool:
-        """Every assigned partition was processed up to the broker's high watermark."""
-        done = {tp: o for r in runtimes for tp, o in r.last_offsets.items()}
-        for tp in app.consumer.assignment():
-            high = app.consumer.highwater(tp)
-            if high and done.get(tp, -1) + 1 < high:
-                return False
-        return True
-
     @app.timer(min(1.0, seconds / 2), name="modelmon.idle_exit")
     async def idle_exit() -> None:
         now = time.monotonic()
         quiet = all(now - r.last_input >= seconds for r in runtimes)
         started = all(r.seen_input for r in runtimes)
         busy = sink is not None and not sink.idle()
-        if started and quiet and not busy and (compute is None or compute.idle()) and caught_up():
+        if (
+            started
+            and quiet
+            and not busy
+            and (compute is None or compute.idle())
+            and caught_up(app.consumer, runtimes)
+        ):
             log.info("no input for %.0fs and nothing unwritten: stopping", seconds)
             os.kill(os.getpid(), signal.SIGTERM)
+
+
+def caught_up(
+    consumer: ConsumerT, runtimes: Sequence[ComputeRuntime | sink_agent.SinkRuntime]
+) -> bool:
+    """Every assigned input partition of ``runtimes`` was processed up to the broker's high
+    watermark, which is known only from a fetch answered since the last assignment."""
+    inputs = {topic for r in runtimes for topic in r.inputs}
+    done = {tp: o for r in runtimes for tp, o in r.last_offsets.items()}
+    for tp in consumer.assignment():
+        if tp.topic not in inputs:
+            continue
+        high = consumer.highwater(tp)
+        if high is None or done.get(tp, -1) + 1 < high:
+            return False
+    return True
 
 
 def all_topics(settings: Settings) -> dict[str, int]:

@@ -83,13 +83,16 @@ async def read_checkpoints(
     try:
         consumer.assign([tp])
         await consumer.seek_to_beginning(tp)
-        end = (await consumer.end_offsets([tp]))[tp]
         out: list[Checkpoint] = []
         while True:
             batch = await consumer.getmany(tp, timeout_ms=200)
             for message in batch.get(tp, []):
                 out.append(Checkpoint.decode(message.value))
-            if not batch and await consumer.position(tp) >= end:
+            # The end is the high watermark of a fetch answered after this call began (every
+            # record it needs was acknowledged before), not end_offsets(): some brokers
+            # (Tansu) answer that with the base offset of the last batch.
+            end = consumer.highwater(tp)
+            if end is not None and await consumer.position(tp) >= end:
                 return out
     finally:
         await consumer.stop()

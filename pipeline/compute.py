@@ -47,6 +47,7 @@ class ComputeRuntime:
         self.app = app
         self.settings = settings
         self.topics = topics
+        self.inputs = (topics.predictions, topics.labels)
         self.run_id = run_id
         self.states: dict[int, PartitionState] = {}
         #: Messages processed and not yet acknowledged, per input partition: only their offsets
@@ -55,6 +56,7 @@ class ComputeRuntime:
         self.checkpoints: dict[int, list[Checkpoint]] = {}
         self.written: dict[int, Checkpoint] = {}
         self.restored: set[TP] = set()
+        self.revocations = 0  # rebalances that took partitions away, so far
         self.counters: Counter[tuple[int, str]] = Counter()
         self.emitted_counters: dict[tuple[int, str], int] = {}
         self.counter_version = 0
@@ -81,12 +83,10 @@ class ComputeRuntime:
             self.first_input = self.last_input
         self.seen_input = True
         state = self.states.get(tp.partition)
-        if state is None:
-            state = self.states[tp.partition] = PartitionState.from_settings(
-                tp.partition, self.settings
-            )
-        if tp not in self.restored:
-            await self._restore(state, tp, message.offset)
+        if state is None or tp not in self.restored:
+            state = await self._restore(tp, message.offset)
+            if state is None:
+                return  # revoked while restoring: whoever owns it now re-reads the message
         kind = self.topics.kind_of(tp.topic)
         decoded = decode_message(message.value, kind, self.settings.max_message_bytes)
         for rejected in decoded.rejected:
@@ -148,29 +148,36 @@ class ComputeRuntime:
         high = self.app.consumer.highwater(tp)
         return high is None or self.last_offsets.get(tp, -1) + 1 < high
 
-    async def _restore(self, state: PartitionState, tp: TP, offset: int) -> None:
-        """Set the topic's watermark to the one it had at ``offset`` (where Faust resumed)."""
-        self.restored.add(tp)
-        if tp.partition not in self.checkpoints:
-            self.checkpoints[tp.partition] = await read_checkpoints(
+    async def _restore(self, tp: TP, offset: int) -> PartitionState | None:
+        """The partition's state, with the topic's watermark set to the one it had at
+        ``offset`` (where Faust resumed). The state exists only once the partition's
+        checkpoints are read, so no flush checkpoints it before. None if a partition was
+        revoked while they were read."""
+        partition = tp.partition
+        if partition not in self.checkpoints:
+            revocations = self.revocations
+            records = await read_checkpoints(
                 self.settings.bootstrap_servers,
                 self.topics.checkpoints,
-                tp.partition,
+                partition,
                 self.settings.kafka_client_config(),
             )
-            if self.checkpoints[tp.partition]:
-                self.written[tp.partition] = self.checkpoints[tp.partition][-1]
+            if self.revocations != revocations:
+                return None
+            self.checkpoints[partition] = records
+            if records:
+                self.written[partition] = records[-1]
+        state = self.states.get(partition)
+        if state is None:
+            state = self.states[partition] = PartitionState.from_settings(partition, self.settings)
+            last = self.written.get(partition)
+            if last is not None:  # every window evicted by then was emitted whole
+                state.evicted_through = last.evicted_through
+        self.restored.add(tp)
         found = next(
-            (
-                f
-                for c in reversed(self.checkpoints[tp.partition])
-                if (f := c.find(tp.topic, offset))
-            ),
+            (f for c in reversed(self.checkpoints[partition]) if (f := c.find(tp.topic, offset))),
             None,
         )
-        last = self.written.get(tp.partition)
-        if last is not None:  # every window evicted by then was emitted whole
-            state.evicted_through = last.evicted_through
         if found is not None:
             mark, saved = found
             if tp.topic == self.topics.predictions:
@@ -188,6 +195,7 @@ class ComputeRuntime:
                 tp.partition,
                 offset,
             )
+        return state
 
     def _dead_letter(self, message: Any, rejected: Rejected) -> None:
         raw = rejected.raw
@@ -229,12 +237,13 @@ class ComputeRuntime:
         self.outbox.extend(self._counter_messages())
         if not await self._send_outbox():
             return  # nothing is acknowledged; the outbox is sent again next time
+        released = [r for r in released if self.states.get(r[0]) is r[1]]  # not revoked since
         for partition, state, marks in released:
             self._checkpoint(partition, state, marks)
         if not await self._send_outbox():
             return
         for partition, state, marks in released:
-            if self.states.get(partition) is state:  # not revoked meanwhile
+            if self.states.get(partition) is state:
                 self._ack(partition, marks)
 
     async def _send_outbox(self) -> bool:
@@ -312,6 +321,7 @@ class ComputeRuntime:
 
     def revoke(self, tps: Iterable[TP]) -> None:
         """Forget partitions another worker now owns; it rebuilds them from the checkpoint."""
+        self.revocations += 1
         for tp in tps:
             self.states.pop(tp.partition, None)
             self.unacked.pop(tp, None)

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from faust.transport.consumer import ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
@@ -64,6 +65,20 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+class _RebalanceListener(faust_aiokafka.ConsumerRebalanceListener):
+    """Gives every assignment an id of its own. Faust drops a message fetched under an older
+    assignment by comparing these ids, and takes them from the group's generation, which some
+    brokers (Tansu) leave unchanged across rebalances: messages fetched before a rebalance
+    would then be delivered after it, ahead of the re-read from the committed offsets."""
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        app = self._thread.app
+        app.consumer_generation_id += 1
+        await self._thread.on_partitions_assigned(
+            ensure_TPset(assigned), app.consumer_generation_id
+        )
+
+
 class BoundedConsumer(faust_aiokafka.Consumer):
     """Faust's Kafka consumer, bounded in what it reads ahead: each fetch returns at most
     :data:`FETCH_MAX_BYTES`, and the pipeline can *hold* a partition, which is then not
@@ -73,6 +88,8 @@ class BoundedConsumer(faust_aiokafka.Consumer):
     with ``pause_partitions`` would drop it), made to stick: Faust lifts that switch
     whenever a stream's buffer drains, which would let a held partition run ahead again.
     """
+
+    RebalanceListener = _RebalanceListener
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -10,10 +10,7 @@ from pipeline.compute import ComputeRuntime
 
 
 def register(app: faust.App, runtime: ComputeRuntime) -> None:
-    topics = runtime.topics
-    source = app.topic(
-        topics.predictions, topics.labels, key_serializer="raw", value_serializer="raw"
-    )
+    source = app.topic(*runtime.inputs, key_serializer="raw", value_serializer="raw")
 
     # concurrency=1: with more, Faust can commit past a message still being processed.
     @app.agent(source, concurrency=1, name="modelmon.compute")

@@ -30,6 +30,7 @@ class SinkRuntime:
         self.app = app
         self.settings = settings
         self.topics = topics
+        self.inputs = (topics.metrics, topics.deadletter)
         self.run_id = run_id
         self.sink: ClickHouseSink | None = None
         self.targets: dict[str, tuple[ClickHouseSink, Deriver]] = {}
@@ -281,12 +282,7 @@ def _parts(events: list[Any], max_bytes: int) -> list[list[Any]]:
 
 
 def register(app: faust.App, runtime: SinkRuntime) -> None:
-    source = app.topic(
-        runtime.topics.metrics,
-        runtime.topics.deadletter,
-        key_serializer="raw",
-        value_serializer="raw",
-    )
+    source = app.topic(*runtime.inputs, key_serializer="raw", value_serializer="raw")
 
     @app.agent(source, concurrency=1, name="modelmon.sink")
     async def sink(stream: faust.StreamT[bytes]) -> None:

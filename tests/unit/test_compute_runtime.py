@@ -49,7 +49,7 @@ def test_a_long_run_of_messages_yields_to_the_loop() -> None:
     settings = Settings.load(env={}, overrides={"topic_prefix": TOPICS.prefix})
     app = SimpleNamespace(consumer=Consumer(), producer=None)
     runtime = ComputeRuntime(app, settings, TOPICS, "t")  # type: ignore[arg-type]
-    runtime.restored.add(TP(TOPICS.predictions, 0))  # no checkpoint topic to read
+    runtime.checkpoints[0] = []  # a first start: no checkpoint topic to read
     events = predictions(20_000)
     progress: list[int] = []
 

@@ -1,0 +1,165 @@
+"""A rebalance in the middle of the compute stage's work: what it was doing for a partition it
+lost is dropped, never checkpointed or acknowledged, and every assignment is told apart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from faust.types import TP
+from faust.types.tuples import ConsumerMessage
+
+from pipeline import compute
+from pipeline.app import caught_up
+from pipeline.compute import ComputeRuntime
+from pipeline.kafka import BoundedConsumer
+from pipeline.settings import Settings
+from schemas.topics import Topics
+
+TOPICS = Topics("rebalance.")
+PRED = TP(TOPICS.predictions, 0)
+
+
+class Consumer:
+    def __init__(self, highwater: dict[TP, int | None] | None = None) -> None:
+        self.marks = highwater or {}
+        self.acked: list[int] = []
+
+    def highwater(self, tp: TP) -> int | None:
+        return self.marks.get(tp, 0)
+
+    def assignment(self) -> set[TP]:
+        return set(self.marks)
+
+
+class Producer:
+    """Acknowledges every send, after ``gate`` opens if one is set."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.gate: asyncio.Event | None = None
+
+    async def send(self, topic: str, **_: Any) -> asyncio.Future[None]:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.sent.append(topic)
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+def event(offset: int) -> Any:
+    value = orjson.dumps(
+        {
+            "event_id": f"e{offset}",
+            "model": "m",
+            "ts": 1_700_000_000 + offset,
+            "task": "binary",
+            "prediction": "1",
+            "score": 0.75,
+        }
+    )
+    message = ConsumerMessage(
+        PRED.topic, 0, offset, time.time(), 0, [], None, value, None, generation_id=0
+    )
+    return SimpleNamespace(message=message, value=value)
+
+
+def make_runtime() -> tuple[ComputeRuntime, Producer]:
+    settings = Settings.load(env={}, overrides={"topic_prefix": TOPICS.prefix})
+    producer = Producer()
+    app = SimpleNamespace(consumer=Consumer(), producer=producer, consumer_generation_id=0)
+    return ComputeRuntime(app, settings, TOPICS, "t"), producer  # type: ignore[arg-type]
+
+
+def held_checkpoint_read(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, list[int]]:
+    """Make reading a partition's checkpoints wait for the returned event (the broker's
+    answer), and count the reads."""
+    gate = asyncio.Event()
+    reads: list[int] = []
+
+    async def read(_servers: str, _topic: str, partition: int, _config: Any) -> list[Any]:
+        reads.append(partition)
+        await gate.wait()
+        return []
+
+    monkeypatch.setattr(compute, "read_checkpoints", read)
+    return gate, reads
+
+
+def test_a_partition_revoked_while_its_checkpoints_are_read_is_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def run() -> None:
+        gate, reads = held_checkpoint_read(monkeypatch)
+        runtime, producer = make_runtime()
+        first = asyncio.create_task(runtime.process(event(7)))
+        await asyncio.sleep(0)
+        await runtime.flush()  # the flush timer, while the read waits
+        assert TOPICS.checkpoints not in producer.sent  # nothing to checkpoint yet
+        runtime.revoke([PRED])  # ...and the partition goes elsewhere meanwhile
+        gate.set()
+        await first
+        assert runtime.events_in == 0 and not runtime.states and not runtime.unacked
+        assert not runtime.checkpoints and PRED not in runtime.restored
+        # assigned again: read afresh, then processed
+        await runtime.process(event(7))
+        assert reads == [0, 0]
+        assert runtime.events_in == 1 and runtime.last_offsets[PRED] == 7
+
+    asyncio.run(run())
+
+
+def test_a_flush_does_not_checkpoint_a_partition_revoked_while_rows_were_sent() -> None:
+    async def run() -> None:
+        runtime, producer = make_runtime()
+        runtime.checkpoints[0] = []  # a first start: no checkpoint topic to read
+        await runtime.process(event(1))
+        producer.gate = asyncio.Event()
+        flush = asyncio.create_task(runtime.flush())
+        await asyncio.sleep(0)
+        runtime.revoke([PRED, TP(TOPICS.labels, 0)])
+        producer.gate.set()
+        await flush
+        assert producer.sent and TOPICS.checkpoints not in producer.sent
+        assert 0 not in runtime.written
+
+    asyncio.run(run())
+
+
+def test_every_assignment_gets_an_id_of_its_own() -> None:
+    """Faust drops messages fetched under an older assignment by this id; a broker that keeps
+    the group generation across rebalances (Tansu) must not make two assignments look alike."""
+    seen: list[int] = []
+
+    async def assigned(_tps: Any, generation_id: int) -> None:
+        seen.append(generation_id)
+
+    app = SimpleNamespace(consumer_generation_id=0)
+    thread = SimpleNamespace(app=app, on_partitions_assigned=assigned)
+    listener = BoundedConsumer.RebalanceListener(thread)  # type: ignore[arg-type]
+    for _ in range(3):
+        asyncio.run(listener.on_partitions_assigned([PRED]))
+    assert seen == [1, 2, 3] and app.consumer_generation_id == 3
+
+
+@pytest.mark.parametrize(
+    ("highwater", "done", "expected"),
+    [
+        ({PRED: None}, {}, False),  # no fetch answered since the assignment
+        ({PRED: None}, {PRED: 4}, False),
+        ({PRED: 5}, {PRED: 3}, False),
+        ({PRED: 5}, {PRED: 4}, True),
+        ({PRED: 0}, {}, True),  # an empty partition
+        ({PRED: 5, TP("other", 0): None}, {PRED: 4}, True),  # not an input
+    ],
+)
+def test_caught_up_needs_a_known_high_watermark(
+    highwater: dict[TP, int | None], done: dict[TP, int], expected: bool
+) -> None:
+    runtime = SimpleNamespace(inputs=(PRED.topic,), last_offsets=done)
+    assert caught_up(Consumer(highwater), [runtime]) is expected  # type: ignore[arg-type,list-item]
