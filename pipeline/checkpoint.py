@@ -15,7 +15,7 @@ committed offset is one of the two even if the worker died in between.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,27 +72,36 @@ class Checkpoint:
 
 
 async def read_checkpoints(
-    bootstrap_servers: str, topic: str, partition: int, client_config: Mapping[str, Any]
-) -> list[Checkpoint]:
-    """Every checkpoint record of one partition, oldest first."""
-    tp = TopicPartition(topic, partition)
+    bootstrap_servers: str,
+    topic: str,
+    partitions: Iterable[int],
+    client_config: Mapping[str, Any],
+) -> dict[int, list[Checkpoint]]:
+    """Every checkpoint record of each of ``partitions``, oldest first: one consumer for all
+    of them, as a worker needs those of every partition it was assigned."""
+    tps = [TopicPartition(topic, p) for p in sorted(set(partitions))]
+    out: dict[int, list[Checkpoint]] = {tp.partition: [] for tp in tps}
+    if not tps:
+        return out
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **dict(client_config)
     )
     await consumer.start()
     try:
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        out: list[Checkpoint] = []
-        while True:
-            batch = await consumer.getmany(tp, timeout_ms=200)
-            for message in batch.get(tp, []):
-                out.append(Checkpoint.decode(message.value))
-            # The end is the high watermark of a fetch answered after this call began (every
-            # record it needs was acknowledged before), not end_offsets(): some brokers
-            # (Tansu) answer that with the base offset of the last batch.
-            end = consumer.highwater(tp)
-            if end is not None and await consumer.position(tp) >= end:
-                return out
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        reading = set(tps)
+        while reading:
+            batch = await consumer.getmany(*reading, timeout_ms=50)
+            for tp, messages in batch.items():
+                out[tp.partition].extend(Checkpoint.decode(m.value) for m in messages)
+            for tp in list(reading):
+                # The end is the high watermark of a fetch answered after this call began
+                # (every record it needs was acknowledged before), not end_offsets(): some
+                # brokers (Tansu) answer that with the base offset of the last batch.
+                end = consumer.highwater(tp)
+                if end is not None and await consumer.position(tp) >= end:
+                    reading.discard(tp)
+        return out
     finally:
         await consumer.stop()

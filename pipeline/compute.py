@@ -155,18 +155,22 @@ class ComputeRuntime:
         revoked while they were read."""
         partition = tp.partition
         if partition not in self.checkpoints:
+            # those of every input partition assigned here, in one read (each read is a client
+            # start and a fetch: a pause of all processing)
+            assigned = {
+                t.partition for t in self.app.consumer.assignment() if t.topic in self.inputs
+            }
             revocations = self.revocations
-            records = await read_checkpoints(
+            read = await read_checkpoints(
                 self.settings.bootstrap_servers,
                 self.topics.checkpoints,
-                partition,
+                (assigned | {partition}) - self.checkpoints.keys(),
                 self.settings.kafka_client_config(),
             )
             if self.revocations != revocations:
                 return None
-            self.checkpoints[partition] = records
-            if records:
-                self.written[partition] = records[-1]
+            self.checkpoints.update(read)
+            self.written.update({p: records[-1] for p, records in read.items() if records})
         state = self.states.get(partition)
         if state is None:
             state = self.states[partition] = PartitionState.from_settings(partition, self.settings)

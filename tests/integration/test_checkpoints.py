@@ -1,5 +1,6 @@
-"""Checkpoints read back from a real broker: every record of the partition, also when they
-were written in one batch (whose end some brokers misreport), and none of an empty one."""
+"""Checkpoints read back from a real broker, several partitions at once: every record of a
+partition, also when they were written in one batch (whose end some brokers misreport), and
+none of an empty one."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def test_every_checkpoint_of_a_partition_is_read_back(broker: EmbeddedBroker) ->
         Checkpoint(0, {"p": Mark(10 * i, 1000 * i)}, evicted_through=60_000 * i) for i in range(5)
     ]
 
-    async def run() -> tuple[list[Checkpoint], list[Checkpoint]]:
+    async def run() -> dict[int, list[Checkpoint]]:
         await ensure_topics(broker.bootstrap_servers, {topic: 2})
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=200)
         await producer.start()
@@ -32,11 +33,6 @@ def test_every_checkpoint_of_a_partition_is_read_back(broker: EmbeddedBroker) ->
             await asyncio.gather(*sent)
         finally:
             await producer.stop()
-        return (
-            await read_checkpoints(broker.bootstrap_servers, topic, 0, {}),
-            await read_checkpoints(broker.bootstrap_servers, topic, 1, {}),
-        )
+        return await read_checkpoints(broker.bootstrap_servers, topic, [0, 1], {})
 
-    written, empty = asyncio.run(run())
-    assert written == records
-    assert empty == []
+    assert asyncio.run(run()) == {0: records, 1: []}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
@@ -76,16 +77,20 @@ def make_runtime() -> tuple[ComputeRuntime, Producer]:
     return ComputeRuntime(app, settings, TOPICS, "t"), producer  # type: ignore[arg-type]
 
 
-def held_checkpoint_read(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, list[int]]:
-    """Make reading a partition's checkpoints wait for the returned event (the broker's
-    answer), and count the reads."""
+def held_checkpoint_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[asyncio.Event, list[list[int]]]:
+    """Make reading checkpoints wait for the returned event (the broker's answer), and note
+    the partitions of each read."""
     gate = asyncio.Event()
-    reads: list[int] = []
+    reads: list[list[int]] = []
 
-    async def read(_servers: str, _topic: str, partition: int, _config: Any) -> list[Any]:
-        reads.append(partition)
+    async def read(
+        _servers: str, _topic: str, partitions: Iterable[int], _config: Any
+    ) -> dict[int, list[Any]]:
+        reads.append(sorted(partitions))
         await gate.wait()
-        return []
+        return {p: [] for p in partitions}
 
     monkeypatch.setattr(compute, "read_checkpoints", read)
     return gate, reads
@@ -108,8 +113,25 @@ def test_a_partition_revoked_while_its_checkpoints_are_read_is_dropped(
         assert not runtime.checkpoints and PRED not in runtime.restored
         # assigned again: read afresh, then processed
         await runtime.process(event(7))
-        assert reads == [0, 0]
+        assert reads == [[0], [0]]
         assert runtime.events_in == 1 and runtime.last_offsets[PRED] == 7
+
+    asyncio.run(run())
+
+
+def test_the_first_restore_reads_the_checkpoints_of_every_assigned_partition(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def run() -> None:
+        gate, reads = held_checkpoint_read(monkeypatch)
+        gate.set()
+        runtime, _ = make_runtime()
+        assigned = [PRED, TP(TOPICS.labels, 0), TP(TOPICS.predictions, 2), TP(TOPICS.metrics, 1)]
+        runtime.app.consumer = Consumer({tp: 0 for tp in assigned})
+        await runtime.process(event(3))
+        await runtime.process(event(4))
+        assert reads == [[0, 2]] and set(runtime.checkpoints) == {0, 2}
+        assert runtime.events_in == 2
 
     asyncio.run(run())
 
