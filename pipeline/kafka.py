@@ -87,6 +87,9 @@ class BoundedConsumer(faust_aiokafka.Consumer):
     Holding is Faust's buffer-full switch (what was fetched is still delivered; stopping
     with ``pause_partitions`` would drop it), made to stick: Faust lifts that switch
     whenever a stream's buffer drains, which would let a held partition run ahead again.
+
+    Its rebalance listener gives every assignment an id of its own (see
+    :class:`_RebalanceListener`).
     """
 
     RebalanceListener = _RebalanceListener
