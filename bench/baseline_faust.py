@@ -7,6 +7,8 @@ of the prediction's (model, version, segment, window) and a ``river.drift.ADWIN`
 on the error indicator.
 
 ``--mode decode``: the same agent that only decodes each message (the bare Faust cost).
+``--consumer modelmon`` runs it on modelmon's Kafka consumer (``pipeline.kafka``), whose fetch
+loop hands messages over at less cost than Faust's own.
 
 Run as ``python -m bench.baseline_faust``; it stops itself after ``--messages`` messages and
 writes its result (rate from the first to the last message, per-window numbers) to ``--out``.
@@ -40,6 +42,10 @@ def build(a: argparse.Namespace) -> faust.App:
         broker_heartbeat_interval=0.5,
         broker_rebalance_timeout=3,
     )
+    if a.consumer == "modelmon":
+        from pipeline.kafka import BoundedConsumer
+
+        app.transport.Consumer = BoundedConsumer  # before anything creates the consumer
     topic = app.topic(a.predictions, a.labels, key_serializer="raw", value_serializer="raw")
     window_ms = a.window_ms
     state: dict[str, Any] = {"n": 0, "first": 0.0, "last": 0.0, "events": 0}
@@ -135,6 +141,7 @@ def main() -> None:
     ap.add_argument("--labels", required=True)
     ap.add_argument("--messages", type=int, required=True)
     ap.add_argument("--mode", choices=("river", "decode"), default="river")
+    ap.add_argument("--consumer", choices=("faust", "modelmon"), default="faust")
     ap.add_argument("--window-ms", type=int, default=10_000)
     ap.add_argument("--app-id", required=True)
     ap.add_argument("--datadir", required=True)

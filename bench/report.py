@@ -52,8 +52,16 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
             )
         )
     if "single" in r:
-        ratio = r["single"]["modelmon_events_per_s"] / r["single"]["bare_faust_events_per_s"]
-        out.append(("single-event msgs >= 0.8 x bare Faust decode", f"{ratio:.2f} x", ratio >= 0.8))
+        s = r["single"]
+        ratio = s["modelmon_events_per_s"] / s["bare_faust_events_per_s"]
+        same = s["modelmon_events_per_s"] / s["bare_faust_modelmon_consumer_events_per_s"]
+        out.append(
+            (
+                "single-event msgs >= 0.8 x bare Faust decode",
+                f"{ratio:.2f} x ({same:.2f} x on its consumer)",
+                ratio >= 0.8,
+            )
+        )
     if "correct" in r:
         out.append(
             ("modelmon rows == baseline numbers", r["correct"]["summary"], r["correct"]["ok"])
@@ -103,6 +111,7 @@ def table(r: dict[str, Any]) -> str:
         for label, k in (
             ("raw getmany + orjson (single msgs)", "raw_events_per_s"),
             ("bare Faust decode-only (single msgs)", "bare_faust_events_per_s"),
+            ("  same, on modelmon's consumer", "bare_faust_modelmon_consumer_events_per_s"),
             ("modelmon compute (single msgs)", "modelmon_events_per_s"),
         ):
             lines.append(f"{'[1x]   ' + label:<{w}} {_f(s['events']):>10} {_f(s[k]):>11}")

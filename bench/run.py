@@ -108,6 +108,14 @@ def compare(modelmon: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> d
     }
 
 
+def _bare_faust(
+    py: str, args: list[str], app_id: str, out: Path, log: str
+) -> tuple[dict[str, Any], float, float]:
+    """The decode-only Faust agent on the single-event topics (``args``: its common flags)."""
+    cmd = [py, "-m", "bench.baseline_faust", *args, "--mode", "decode", "--app-id", app_id]
+    return run_measured([*cmd, "--out", str(out)], str(out), 1800, log)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     ap.add_argument("--events", type=int, default=100_000, help="predictions at 1x")
@@ -242,21 +250,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"baseline {base['events_per_s']:,.0f} events/s; "
                 f"{results['correct']['summary']}; bare Faust decode-only"
             )
-            bare, rss, _ = run_measured(
-                [
-                    py,
-                    "-m",
-                    "bench.baseline_faust",
-                    *common,
-                    "--mode",
-                    "decode",
-                    "--app-id",
-                    f"b{run}-decode",
-                    "--out",
-                    str(root / "bare.json"),
-                ],
-                str(root / "bare.json"),
-                1800,
+            bare, rss, _ = _bare_faust(py, common, f"b{run}-decode", root / "bare.json", log)
+            step("bare Faust decode-only on modelmon's consumer")
+            bare_mm, _, _ = _bare_faust(
+                py,
+                [*common, "--consumer", "modelmon"],
+                f"b{run}-decode-mm",
+                root / "bare-mm.json",
                 log,
             )
             raw1, _, _ = run_measured(
@@ -283,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 "events": n_single,
                 "raw_events_per_s": raw1["events"] / raw1["seconds"],
                 "bare_faust_events_per_s": bare["events"] / bare["seconds"],
+                "bare_faust_modelmon_consumer_events_per_s": bare_mm["events"] / bare_mm["seconds"],
                 "modelmon_events_per_s": ms["compute"].get("events_per_s", 0.0),
                 "modelmon_compute": ms["compute"],
                 "modelmon_peak_rss_mib": ms["peak_rss_mib"],

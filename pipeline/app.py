@@ -18,6 +18,7 @@ from pipeline.agents import sink as sink_agent
 from pipeline.compute import ComputeRuntime
 from pipeline.kafka import BoundedConsumer, ensure_topics
 from pipeline.settings import Settings
+from schemas.rows import ROWS_BATCH_BYTES
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         producer_acks=-1,
         producer_max_request_size=max(settings.max_message_bytes, 1_048_576) + 65_536,
+        producer_max_batch_size=ROWS_BATCH_BYTES,
         consumer_auto_offset_reset="earliest",
         consumer_max_fetch_size=max(settings.max_message_bytes, 1_048_576) * 4,
         broker_session_timeout=settings.session_timeout_seconds,

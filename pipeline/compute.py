@@ -27,12 +27,11 @@ from pipeline.settings import Settings
 from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
 from pipeline.windows import Mark
 from schemas.codec import Rejected, decode_message
-from schemas.rows import encode_bounded, encode_rows
+from schemas.rows import MAX_ROWS_MESSAGE_BYTES, encode_bounded, encode_rows
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS_MESSAGE_BYTES = 512 * 1024  # well under Kafka's default 1 MiB message limit
 #: Faust hands over a full stream buffer without returning to the event loop (up to 128
 #: envelopes: seconds of work), which would hold back the flush timer and offset commits;
 #: so processing yields to the loop at least this often.

@@ -35,10 +35,8 @@ from pipeline.partition import PartitionState
 from pipeline.settings import Settings
 from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
 from schemas.codec import decode_message
-from schemas.rows import encode_bounded
+from schemas.rows import MAX_ROWS_MESSAGE_BYTES, ROWS_BATCH_BYTES, encode_bounded
 from schemas.topics import Topics, partition_for
-
-MAX_ROWS_MESSAGE_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +306,7 @@ async def replay(
         enable_idempotence=False,
         acks="all",
         max_request_size=MAX_ROWS_MESSAGE_BYTES + 65_536,
+        max_batch_size=ROWS_BATCH_BYTES,
         **settings.kafka_client_config(),
     )
     metrics = Topics(settings.topic_prefix).metrics

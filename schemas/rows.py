@@ -17,6 +17,14 @@ import orjson
 
 from schemas.events import SCHEMA_VERSION
 
+#: Largest rows message the pipeline writes (a single larger row goes alone): well under
+#: Kafka's default 1 MiB message limit.
+MAX_ROWS_MESSAGE_BYTES = 512 * 1024
+#: What the pipeline's producers batch per partition. Kafka clients default to 16 KiB: each
+#: rows message was then a batch of its own, and a flush waited for one broker round trip per
+#: message of a partition (seconds at a backlog, while live state piled up).
+ROWS_BATCH_BYTES = 2 * MAX_ROWS_MESSAGE_BYTES
+
 
 @dataclass(frozen=True, slots=True)
 class RowBatch:

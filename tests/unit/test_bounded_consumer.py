@@ -1,19 +1,27 @@
 """The workers' Kafka consumer bounds what it reads ahead: every fetch request, the first
 included, is capped, and a partition the compute stage holds stays out of the fetch set until
-it is released, even when Faust's own flow control would resume it."""
+it is released, even when Faust's own flow control would resume it. Its fetch loop is Faust's
+but for how it hands a message over. The workers' producer batches several rows messages per
+partition."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
+import re
+import textwrap
 from collections.abc import Iterator
 
 import faust
 import pytest
+from faust.transport.consumer import Consumer
 from faust.types import TP
 
 from pipeline.app import create_app
 from pipeline.kafka import FETCH_MAX_BYTES, BoundedConsumer
 from pipeline.settings import Settings
+from schemas.rows import MAX_ROWS_MESSAGE_BYTES
 
 LABELS_0 = TP("bc.labels", 0)
 LABELS_1 = TP("bc.labels", 1)
@@ -72,3 +80,29 @@ def test_even_the_first_fetch_is_capped(app: faust.App) -> None:
         return aiokafka_consumer._fetch_max_bytes
 
     assert asyncio.get_event_loop().run_until_complete(create()) == FETCH_MAX_BYTES
+
+
+def _statements(source: str) -> str:
+    """The statements of a function's source, as an AST dump: no comments, no docstring."""
+    fn = ast.parse(textwrap.dedent(source)).body[0]
+    assert isinstance(fn, ast.AsyncFunctionDef)
+    body = fn.body[1:] if ast.get_docstring(fn) is not None else fn.body
+    return ast.dump(ast.Module(body=body, type_ignores=[]))
+
+
+def test_the_fetch_loop_is_fausts_but_for_the_hand_over() -> None:
+    """A Faust upgrade that changes its loop fails this, so that the copy is looked at again."""
+    faust_loop = textwrap.dedent(inspect.getsource(Consumer._drain_messages))
+    hand_over = re.compile(
+        r"await self\.wait_first\(\s*callback\(message\), self\.suspend_flow\.wait\(\)\s*\)"
+    )
+    assert len(hand_over.findall(faust_loop)) == 1, "Faust's hand-over changed"
+    expected = hand_over.sub("await callback(message)", faust_loop)
+    assert _statements(inspect.getsource(BoundedConsumer._drain_messages)) == _statements(expected)
+
+
+def test_the_producer_batches_rows_messages(app: faust.App) -> None:
+    """With Kafka's 16 KiB default, every rows message was a batch of its own, and a flush
+    waited for one broker round trip per message of a partition."""
+    assert app.conf.producer_max_batch_size >= 2 * MAX_ROWS_MESSAGE_BYTES
+    assert app.conf.producer_max_request_size > app.conf.producer_max_batch_size
