@@ -108,11 +108,11 @@ def compare(modelmon: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> d
     }
 
 
-def _bare_faust(
-    py: str, args: list[str], app_id: str, out: Path, log: str
+def _faust_agent(
+    py: str, args: list[str], mode: str, app_id: str, out: Path, log: str
 ) -> tuple[dict[str, Any], float, float]:
-    """The decode-only Faust agent on the single-event topics (``args``: its common flags)."""
-    cmd = [py, "-m", "bench.baseline_faust", *args, "--mode", "decode", "--app-id", app_id]
+    """``bench.baseline_faust`` in ``mode`` on the single-event topics (``args``: its flags)."""
+    cmd = [py, "-m", "bench.baseline_faust", *args, "--mode", mode, "--app-id", app_id]
     return run_measured([*cmd, "--out", str(out)], str(out), 1800, log)
 
 
@@ -226,22 +226,8 @@ def main(argv: list[str] | None = None) -> int:
                 "--datadir",
                 str(root / "faust"),
             ]
-            base, rss, _ = run_measured(
-                [
-                    py,
-                    "-m",
-                    "bench.baseline_faust",
-                    *common,
-                    "--mode",
-                    "river",
-                    "--app-id",
-                    f"b{run}-river",
-                    "--out",
-                    str(root / "baseline.json"),
-                ],
-                str(root / "baseline.json"),
-                1800,
-                log,
+            base, rss, _ = _faust_agent(
+                py, common, "river", f"b{run}-river", root / "baseline.json", log
             )
             base.update(peak_rss_mib=rss, events_per_s=base["events"] / base["seconds"])
             results["baseline"] = {k: v for k, v in base.items() if k != "windows"}
@@ -250,11 +236,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"baseline {base['events_per_s']:,.0f} events/s; "
                 f"{results['correct']['summary']}; bare Faust decode-only"
             )
-            bare, rss, _ = _bare_faust(py, common, f"b{run}-decode", root / "bare.json", log)
+            bare, rss, _ = _faust_agent(
+                py, common, "decode", f"b{run}-decode", root / "bare.json", log
+            )
             step("bare Faust decode-only on modelmon's consumer")
-            bare_mm, _, _ = _bare_faust(
+            bare_mm, _, _ = _faust_agent(
                 py,
                 [*common, "--consumer", "modelmon"],
+                "decode",
                 f"b{run}-decode-mm",
                 root / "bare-mm.json",
                 log,
