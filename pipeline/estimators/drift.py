@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from pipeline.estimators.features import (
     OTHER,
@@ -563,9 +563,25 @@ def chi_square(window: Summary, reference: Summary) -> Result:
     nw, nr = int(cw.sum()), int(cr.sum())
     if nw == 0 or nr == 0:
         return _undefined("chi_square", nw, nr, test=True)
-    table = np.vstack([cw, cr])
-    res = stats.chi2_contingency(table[:, table.sum(axis=0) > 0])
-    return Result("chi_square", float(res.statistic), float(res.pvalue), 0.0, True, nw, nr)
+    statistic, p_value = _chi2_homogeneity(np.vstack([cw, cr]))
+    return Result("chi_square", statistic, p_value, 0.0, True, nw, nr)
+
+
+def _chi2_homogeneity(table: np.ndarray) -> tuple[float, float]:
+    """``chi2_contingency(table)``'s statistic and p-value for a 2 × K table with non-zero
+    rows, zero columns dropped: scipy's own arithmetic, in the same order (so the same
+    floats), without its argument handling, which cost ten times the computation."""
+    observed = table[:, table.sum(axis=0) > 0]
+    dof = observed.shape[1] - 1
+    if dof == 0:
+        return 0.0, 1.0
+    expected = observed.sum(axis=1, keepdims=True) * observed.sum(axis=0, keepdims=True)
+    expected /= observed.sum()
+    if dof == 1:  # Yates' correction, no larger than the difference
+        diff = expected - observed
+        observed = observed + np.minimum(0.5, np.abs(diff)) * np.sign(diff)
+    statistic = float(np.sum((observed - expected) ** 2 / expected))
+    return statistic, float(special.chdtrc(dof, statistic))
 
 
 @dataclass(frozen=True)
