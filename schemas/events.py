@@ -328,7 +328,10 @@ def _decode_prediction(obj: Mapping[str, Any]) -> Prediction:
 _PLAIN_FEATURE_TYPES: Final = frozenset({float, str, type(None)})
 _STR_TYPE: Final = frozenset({str})
 _SEGMENT_KEYS: dict[tuple[tuple[str, str], ...], str] = {}
-_SEGMENT_CACHE_MAX: Final = 4096
+#: Tuples of feature names that passed the checks (one producer sends the same names in
+#: every event); like the segment keys, dropped whole when full.
+_FEATURE_NAMES: set[tuple[str, ...]] = set()
+_NAMES_CACHE_MAX: Final = 4096
 
 
 def _fast_prediction(obj: Mapping[str, Any]) -> Prediction | None:
@@ -406,13 +409,20 @@ def _fast_prediction(obj: Mapping[str, Any]) -> Prediction | None:
     if features is not None:
         if type(features) is not dict or len(features) > MAX_FEATURES:
             return None
-        if features and (
-            set(map(type, features)) != _STR_TYPE
-            or not set(map(type, features.values())) <= _PLAIN_FEATURE_TYPES
-            or min(map(len, features)) == 0
-            or max(map(len, features)) > MAX_NAME_LEN
-        ):
-            return None
+        if features:
+            names = tuple(features)
+            if names not in _FEATURE_NAMES:
+                if (
+                    set(map(type, names)) != _STR_TYPE
+                    or min(map(len, names)) == 0
+                    or max(map(len, names)) > MAX_NAME_LEN
+                ):
+                    return None
+                if len(_FEATURE_NAMES) >= _NAMES_CACHE_MAX:
+                    _FEATURE_NAMES.clear()
+                _FEATURE_NAMES.add(names)
+            if not set(map(type, features.values())) <= _PLAIN_FEATURE_TYPES:
+                return None
         features = dict(features)
     segment = get("segment")
     if segment is None:
@@ -431,7 +441,7 @@ def _fast_prediction(obj: Mapping[str, Any]) -> Prediction | None:
                 key = segment_key(segment)
             except SchemaError:
                 return None
-            if len(_SEGMENT_KEYS) >= _SEGMENT_CACHE_MAX:
+            if len(_SEGMENT_KEYS) >= _NAMES_CACHE_MAX:
                 _SEGMENT_KEYS.clear()
             _SEGMENT_KEYS[items] = key
         segment = key
