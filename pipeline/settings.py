@@ -172,6 +172,11 @@ class Settings:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.derive_interval_seconds < 0:
             raise ValueError("derive_interval_seconds: must be >= 0 (0 = after every batch)")
+        if 0 < self.idle_exit_seconds <= self.flush_interval_seconds:
+            raise ValueError(
+                "idle_exit_seconds: must be longer than flush_interval_seconds, or a sink "
+                "worker stops between two flushes of the compute worker"
+            )
         if self.lateness_seconds < 0 or self.label_ttl_seconds < 0:
             raise ValueError("lateness_seconds and label_ttl_seconds must be >= 0")
 

@@ -33,6 +33,7 @@ def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
         ({"no_such_setting": 1}, "unknown settings: no_such_setting"),
         ({"sink_batch_seconds": 0}, "sink_batch_seconds: must be > 0"),
         ({"derive_interval_seconds": -1}, "derive_interval_seconds: must be >= 0"),
+        ({"idle_exit_seconds": 1, "flush_interval_seconds": 2}, "idle_exit_seconds: must be"),
     ],
 )
 def test_bad_values_are_clear_errors(overrides: dict, message: str) -> None:
