@@ -416,18 +416,21 @@ def _empirical_cdfs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The sorted union of both samples' raw values, and each sample's empirical CDF on it.
 
-    scipy's own construction in ``ks_2samp`` and ``wasserstein_distance`` (the same floats,
-    so the same statistics), done once per pair for ``ks``, ``wasserstein`` and
-    ``wasserstein_normalised``; both ``values`` arrays are sorted already.
+    The floats of scipy's construction in ``ks_2samp`` and ``wasserstein_distance``
+    (``searchsorted(sample, union, side="right") / size``), so the same statistics, done
+    once per pair for ``ks``, ``wasserstein`` and ``wasserstein_normalised``. Both
+    ``values`` arrays are sorted already, so one stable merge gives every count: a value's
+    CDF counts the values of a sample up to the last value equal to it.
     """
     a, b = window.values, reference.values
     assert a is not None and b is not None
-    union = np.sort(np.concatenate((a, b)), kind="mergesort")
-    return (
-        union,
-        np.searchsorted(a, union, side="right") / a.size,
-        np.searchsorted(b, union, side="right") / b.size,
-    )
+    both = np.concatenate((a, b))
+    order = np.argsort(both, kind="stable")  # a merge of two sorted runs
+    union = both[order]
+    ends = np.flatnonzero(np.r_[union[1:] != union[:-1], True])  # last of each equal run
+    at = np.repeat(ends, np.diff(ends, prepend=-1))
+    in_a = np.cumsum(order < a.size)[at]
+    return union, in_a / a.size, (at + 1 - in_a) / b.size
 
 
 #: Largest n1·n2 for which ks gives scipy's exact p-value (scipy's own "auto" goes up to

@@ -319,6 +319,25 @@ def test_large_raw_samples_give_scipys_numbers(name: str, shift: float) -> None:
     assert wasserstein(window, reference).statistic == pytest.approx(exact, rel=1e-12, abs=0)
 
 
+def test_empirical_cdfs_are_scipys_construction() -> None:
+    """The merge gives the floats of ``searchsorted(sample, union, "right") / size``, with
+    ties within and across the samples, and signed zeros."""
+    from pipeline.estimators.drift import _empirical_cdfs
+
+    g = np.random.default_rng(21)
+    for trial in range(300):
+        w, r = (g.integers(-3, 4, int(g.integers(1, 80))) * 0.5 for _ in range(2))
+        if trial % 3 == 0:
+            w = np.where(w == 0, -0.0, w)
+        window, reference = Summary.from_values(w), Summary.from_values(r)
+        union, f, h = _empirical_cdfs(window, reference)
+        a, b = window.values, reference.values
+        assert a is not None and b is not None
+        np.testing.assert_array_equal(union, np.sort(np.concatenate((a, b))))
+        np.testing.assert_array_equal(f, np.searchsorted(a, union, side="right") / a.size)
+        np.testing.assert_array_equal(h, np.searchsorted(b, union, side="right") / b.size)
+
+
 def test_merge_equals_from_rows_of_every_part() -> None:
     """Merging summaries gives what summing all their partial rows gives: the category cap,
     raw values and sketches exactly, the float sums up to rounding."""
