@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from itertools import chain
 from typing import Any
 
 import faust
@@ -137,12 +138,11 @@ class SinkRuntime:
         counters = dict(counters)
         for result_set in self.new_profiles.keys() | self.stale.keys():
             sink, deriver = self._target(result_set)
-            derived = []
-            if self.new_profiles.get(result_set):
-                derived.append(deriver.rederive(self.new_profiles[result_set]))
-            if self.stale.get(result_set):
-                derived.append(deriver.derive(self.stale[result_set]))
-            for by_table in derived:
+            derived = chain(
+                deriver.rederive(self.new_profiles.get(result_set, ())),
+                deriver.derive(self.stale.get(result_set, ())),
+            )
+            for by_table in derived:  # inserted as derived: a few window starts at a time
                 for table, rows in by_table.items():
                     sink.insert(f"{table}_rows", rows)
                     counters["rows_written"] += len(rows)

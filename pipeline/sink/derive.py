@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from pipeline.estimators.drift import (
@@ -86,22 +86,21 @@ class Deriver:
             if m.kind == "effect" and m.name not in settings.drift_deciders
         }
 
-    def derive(self, windows: Iterable[WindowRef]) -> dict[str, list[Row]]:
+    def derive(self, windows: Iterable[WindowRef]) -> Iterator[dict[str, list[Row]]]:
         """Rows for the ``drift``, ``data_quality`` and ``client_activity`` tables of these
-        windows (those of feature or client partials just inserted, see :func:`window_of`)."""
+        windows (those of feature or client partials just inserted, see :func:`window_of`),
+        by table, a few window starts at a time: what is held at once does not grow with
+        the number of windows."""
         changed: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
         for model, version, segment, ws in windows:
             changed[(model, version)].add((segment, ws))
-        out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
         for (model, version), windows in changed.items():
-            for table, rows in self._model(model, version, windows).items():
-                out[table].extend(rows)
-        return out
+            yield from self._model(model, version, windows)
 
-    def rederive(self, models: Iterable[tuple[str, str]]) -> dict[str, list[Row]]:
-        """Rows for every stored window of these (model, model_version): after a new reference
-        profile, whose results replace those computed against the old reference."""
-        out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
+    def rederive(self, models: Iterable[tuple[str, str]]) -> Iterator[dict[str, list[Row]]]:
+        """Rows for every stored window of these (model, model_version), as :meth:`derive`
+        gives them: after a new reference profile, whose results replace those computed
+        against the old reference."""
         for model, version in set(models):
             _, stored = self.sink.query(
                 "SELECT DISTINCT segment, toUnixTimestamp64Milli(window_start) "
@@ -109,16 +108,14 @@ class Deriver:
                 "AND model_version = {version:String}",
                 {"model": model, "version": version},
             )
-            for table, rows in self._model(model, version, set(stored)).items():
-                out[table].extend(rows)
-        return out
+            yield from self._model(model, version, set(stored))
 
     def _model(
         self, model: str, version: str, windows: set[tuple[str, int]]
-    ) -> dict[str, list[Row]]:
-        """Rows of one model's windows, a few window starts at a time in ascending order; each
-        window's partials are read and merged once, and kept while later windows need them
-        as their reference."""
+    ) -> Iterator[dict[str, list[Row]]]:
+        """Rows of one model's windows, ``CHUNK_STARTS`` window starts at a time in ascending
+        order; each window's partials are read and merged once, and kept while later windows
+        need them as their reference."""
         previous_ms = self.settings.drift_previous_windows * self.window_ms
         summaries = _WindowSummaries(self, model, version)
         profile = self._profile(model, version)
@@ -126,8 +123,8 @@ class Deriver:
         if self.reference_range is not None:
             lo, hi = self.reference_range  # [lo, hi): window starts (ms) up to hi - 1
             range_windows = _WindowSummaries(self, model, version).load(lo, hi - 1)
-        out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
         for chunk in _chunks(windows):
+            out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
             first, last = min(ws for _, ws in chunk), max(ws for _, ws in chunk)
             summaries.load(first - previous_ms, last)
             params = {"model": model, "version": version, "lo": first - previous_ms, "hi": last}
@@ -171,7 +168,7 @@ class Deriver:
                 out["client_activity"] += [
                     key | r for r in clients.rows(segment, ws, references, window_events)
                 ]
-        return out
+            yield out
 
     def _references(
         self,

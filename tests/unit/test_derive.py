@@ -15,7 +15,7 @@ from pipeline.partition import PartitionState
 from pipeline.reference import profile_rows
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink
-from pipeline.sink.derive import Deriver, window_of
+from pipeline.sink.derive import CHUNK_STARTS, Deriver, window_of
 from schemas.events import Prediction
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -51,13 +51,22 @@ def sink(chdb_path: Path, request: pytest.FixtureRequest) -> ClickHouseSink:
 
 
 def decisions(sink: ClickHouseSink, settings: Settings) -> dict[int, tuple[str, int, float]]:
-    out = Deriver(sink, settings).rederive([("m", "v")])
-    psis = {r["window_start"]: r["statistic"] for r in out["drift"] if r["method"] == "psi"}
+    drift = [r for chunk in Deriver(sink, settings).rederive([("m", "v")]) for r in chunk["drift"]]
+    psis = {r["window_start"]: r["statistic"] for r in drift if r["method"] == "psi"}
     return {
         r["window_start"]: (r["reference"], r["drifted"], psis[r["window_start"]])
-        for r in out["drift"]
+        for r in drift
         if r["method"] == "decision"
     }
+
+
+def test_rows_come_a_few_window_starts_at_a_time(sink: ClickHouseSink) -> None:
+    """A derive over many windows (a new profile, a sink catching up) holds the rows of
+    ``CHUNK_STARTS`` window starts at once, never all of them."""
+    chunks = list(Deriver(sink, Settings.load(env={})).rederive([("m", "v")]))
+    starts = [{r["window_start"] for r in chunk["data_quality"]} for chunk in chunks]
+    assert [len(s) for s in starts] == [CHUNK_STARTS, 6 - CHUNK_STARTS]
+    assert starts[0] | starts[1] == {T0 + k * MINUTE for k in range(6)}
 
 
 def test_previous_windows_are_the_default_reference(sink: ClickHouseSink) -> None:
@@ -152,7 +161,8 @@ def test_client_activity_finds_the_prober_and_the_burst(chdb_path: Path) -> None
     for table, batch in rows.by_table():
         sink.insert(table, batch)
     settings = Settings.load(env={}, overrides={"drift_previous_windows": 2})
-    activity = Deriver(sink, settings).derive(map(window_of, rows.clients))["client_activity"]
+    chunks = Deriver(sink, settings).derive(map(window_of, rows.clients))
+    activity = [r for chunk in chunks for r in chunk["client_activity"]]
     got = {(r["window_start"], r["client_id"]): r for r in activity}
     assert set(got) == set(sent)
     for (ws, client), events in sent.items():
