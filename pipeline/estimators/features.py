@@ -231,11 +231,7 @@ def _add_numeric_rows(
             st.min = lows[i]
         if highs[i] > st.max:
             st.max = highs[i]
-        if st.values is not None:
-            if len(st.values) + n > exact_max:
-                st.values = None
-            else:
-                st.values.extend(m[i].tolist())
+        st.keep(m[i].copy(), exact_max)  # a row of its own, not a view holding all of m
     sketch = stats[0].sketch
     current = 0
     for r, b, c in zip(row_of, buckets, counts, strict=True):
@@ -276,6 +272,7 @@ class _Stats:
 
     __slots__ = (
         "categories",
+        "kept",
         "max",
         "min",
         "nonfinite",
@@ -303,7 +300,23 @@ class _Stats:
         self.sketch: dict[int, int] = {}
         self.categories: dict[str, int] = {}
         self.other = 0
-        self.values: list[float] | None = []
+        #: The raw finite values in arrival order, as the arrays they came in (8 bytes a
+        #: value, not a Python float's 32); None once more than ``exact_max`` came.
+        self.values: list[np.ndarray] | None = []
+        self.kept = 0
+
+    def keep(self, finite: np.ndarray, exact_max: int) -> None:
+        """Keep ``finite`` (which nothing else may change) while at most ``exact_max`` values
+        were kept in all."""
+        if self.values is not None:
+            self.kept += finite.size
+            if self.kept > exact_max:
+                self.values = None
+            else:
+                self.values.append(finite)
+
+    def _values(self) -> np.ndarray:
+        return np.concatenate(self.values) if self.values else np.empty(0)
 
     def add_numeric(self, x: np.ndarray, relative_accuracy: float, exact_max: int) -> None:
         n = x.size
@@ -334,11 +347,7 @@ class _Stats:
         get = sketch.get
         for i, c in zip(index.tolist(), count.tolist(), strict=True):
             sketch[i] = get(i, 0) + c
-        if self.values is not None:
-            if len(self.values) + finite.size > exact_max:
-                self.values = None
-            else:
-                self.values.extend(finite.tolist())
+        self.keep(finite, exact_max)
 
     def add_text(self, values: list[str], max_categories: int) -> None:
         self.present += len(values)
@@ -367,10 +376,11 @@ class _Stats:
         self.add_categories(o.categories, o.other, max_categories)
         if self.values is None or o.values is None:
             self.values = None
-        elif len(self.values) + len(o.values) <= exact_max:
-            self.values = self.values + o.values
         else:
-            self.values = None
+            self.values = [*self.values, *o.values]
+            self.kept += o.kept
+            if self.kept > exact_max:
+                self.values = None
 
     def to_state(self) -> dict[str, Any]:
         finite = self.numeric > self.nonfinite
@@ -387,7 +397,7 @@ class _Stats:
             "sketch": sorted(self.sketch.items()),
             "categories": sorted(self.categories.items()),
             "other": self.other,
-            "values": self.values,
+            "values": None if self.values is None else self._values().tolist(),
         }
 
     @classmethod
@@ -403,7 +413,10 @@ class _Stats:
         s.sketch = {int(i): int(c) for i, c in state["sketch"]}
         s.categories = {str(k): int(c) for k, c in state["categories"]}
         values = state["values"]
-        s.values = None if values is None else [float(v) for v in values]
+        if values is None:
+            s.values = None
+        else:
+            s.values, s.kept = [np.asarray(values, dtype=np.float64)], len(values)
         return s
 
     def row(self, feature: str) -> dict[str, Any]:
@@ -422,7 +435,10 @@ class _Stats:
             "max": self.max,
             "sketch": dict(sorted(self.sketch.items())),
             "categories": categories,
-            "values": [] if self.values is None else sorted(self.values),
+            # stable: -0.0 and 0.0 stay in arrival order, as Python's sorted() keeps them
+            "values": []
+            if self.values is None
+            else np.sort(self._values(), kind="stable").tolist(),
         }
 
 
@@ -588,7 +604,7 @@ class FeatureWindow:
         """Fold in one feature's values of many events (e.g. a column of a reference file)."""
         if isinstance(values, np.ndarray) and values.dtype.kind in "fiu":
             self.events += values.size
-            x = values.astype(np.float64, copy=False).ravel()
+            x = values.astype(np.float64).ravel()  # a copy: the summary keeps the values
             self._get(feature).add_numeric(x, self.relative_accuracy, self.exact_max)
         else:
             self.update([{feature: v} for v in values])

@@ -153,6 +153,32 @@ def test_exact_values_dropped_past_exact_max() -> None:
     assert a.rows()[0]["values"] == []
 
 
+def test_exact_values_are_pythons_sorted_of_what_came() -> None:
+    """Kept values are sorted as Python's ``sorted`` sorts them: equal values (0.0 and -0.0)
+    in the order they came, over batches, both numeric paths, states and merges."""
+    rng = np.random.default_rng(5)
+    came: list[float] = []
+    came_other: list[float] = []
+    w, other = FeatureWindow(exact_max=400), FeatureWindow(exact_max=400)
+    for batch in range(6):
+        x = rng.integers(-2, 3, size=30) * 0.5
+        x[rng.random(30) < 0.3] = -0.0
+        came += x.tolist()
+        if batch % 2:  # the matrix path: two features present in the same events
+            w.update([{"v": float(v), "u": 1.0} for v in x])
+        else:
+            w.update_column("v", x)
+            x[:] = 7.0  # the caller's array stays the caller's
+        later = rng.integers(-1, 2, size=10) * -0.0
+        came_other += later.tolist()
+        other.update_column("v", later)
+    w = FeatureWindow.from_state(w.to_state())
+    w.merge(other)
+    got = {r["feature"]: r for r in w.rows()}["v"]["values"]
+    want = sorted(came + came_other)
+    assert [(v, math.copysign(1.0, v)) for v in got] == [(v, math.copysign(1.0, v)) for v in want]
+
+
 def test_categories_keep_the_smallest_keys_with_exact_counts() -> None:
     rng = np.random.default_rng(11)
     cats = [f"k{int(i)}" for i in rng.integers(0, 30, size=2000)] + [OTHER] * 3
