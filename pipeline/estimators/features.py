@@ -219,9 +219,9 @@ def _add_numeric_rows(
     starts = np.ones((k, n), dtype=bool)
     starts[:, 1:] = index[:, 1:] != index[:, :-1]
     flat_starts = np.flatnonzero(starts)
-    counts = np.diff(np.r_[flat_starts, k * n]).tolist()
-    buckets = index.ravel()[flat_starts].tolist()
-    row_of = (flat_starts // n).tolist()
+    counts = np.diff(np.r_[flat_starts, k * n])
+    buckets = index.ravel()[flat_starts]
+    bounds = np.searchsorted(flat_starts, np.arange(k + 1) * n).tolist()  # each row's buckets
     for i, st in enumerate(stats):
         st.present += n
         st.numeric += n
@@ -232,13 +232,7 @@ def _add_numeric_rows(
         if highs[i] > st.max:
             st.max = highs[i]
         st.keep(m[i].copy(), exact_max)  # a row of its own, not a view holding all of m
-    sketch = stats[0].sketch
-    current = 0
-    for r, b, c in zip(row_of, buckets, counts, strict=True):
-        if r != current:
-            current = r
-            sketch = stats[r].sketch
-        sketch[b] = sketch.get(b, 0) + c
+        st.add_buckets(buckets[bounds[i] : bounds[i + 1]], counts[bounds[i] : bounds[i + 1]])
 
 
 def _fixed_to_float(total: int) -> float:
@@ -249,6 +243,10 @@ def _fixed_to_float(total: int) -> float:
 
 
 _FLOAT: frozenset[type] = frozenset({float})
+#: Sketch parts a summary holds before merging them (see ``_Stats.parts``).
+_MAX_PARTS = 8
+_NO_BUCKETS = np.empty(0, dtype=np.int64)
+_NO_BUCKETS.flags.writeable = False
 _STR: frozenset[type] = frozenset({str})
 
 
@@ -278,8 +276,8 @@ class _Stats:
         "nonfinite",
         "numeric",
         "other",
+        "parts",
         "present",
-        "sketch",
         "sq_fixed",
         "sq_inf",
         "sum_fixed",
@@ -297,7 +295,9 @@ class _Stats:
         self.sq_inf = False  # a square overflowed: sum_sq is inf
         self.min = math.inf
         self.max = -math.inf
-        self.sketch: dict[int, int] = {}
+        #: The sketch, as (bucket indices ascending, counts) int64 arrays: one pair once read,
+        #: the pairs of the batches since then (merged when there are _MAX_PARTS).
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.categories: dict[str, int] = {}
         self.other = 0
         #: The raw finite values in arrival order, as the arrays they came in (8 bytes a
@@ -317,6 +317,24 @@ class _Stats:
 
     def _values(self) -> np.ndarray:
         return np.concatenate(self.values) if self.values else np.empty(0)
+
+    def add_buckets(self, index: np.ndarray, counts: np.ndarray) -> None:
+        """Count ``counts[j]`` values in bucket ``index[j]`` (ascending, distinct)."""
+        self.parts.append((index, counts))
+        if len(self.parts) >= _MAX_PARTS:
+            self.sketch()
+
+    def sketch(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bucket indices (ascending) and their counts."""
+        parts = self.parts
+        if len(parts) > 1:
+            index = np.concatenate([i for i, _ in parts])
+            counts = np.concatenate([c for _, c in parts])
+            order = np.argsort(index, kind="stable")
+            index, counts = index[order], counts[order]
+            starts = np.flatnonzero(np.r_[True, index[1:] != index[:-1]])
+            self.parts = parts = [(index[starts], np.add.reduceat(counts, starts))]
+        return parts[0] if parts else (_NO_BUCKETS, _NO_BUCKETS)
 
     def add_numeric(self, x: np.ndarray, relative_accuracy: float, exact_max: int) -> None:
         n = x.size
@@ -343,10 +361,7 @@ class _Stats:
         if high > self.max:
             self.max = high
         index, count = np.unique(bucket_index(finite, relative_accuracy), return_counts=True)
-        sketch = self.sketch
-        get = sketch.get
-        for i, c in zip(index.tolist(), count.tolist(), strict=True):
-            sketch[i] = get(i, 0) + c
+        self.add_buckets(index, count.astype(np.int64, copy=False))
         self.keep(finite, exact_max)
 
     def add_text(self, values: list[str], max_categories: int) -> None:
@@ -371,8 +386,9 @@ class _Stats:
         self.sq_inf |= o.sq_inf
         self.min = min(self.min, o.min)
         self.max = max(self.max, o.max)
-        for i, c in o.sketch.items():
-            self.sketch[i] = self.sketch.get(i, 0) + c
+        self.parts = [*self.parts, *o.parts]  # arrays are never changed: shared safely
+        if len(self.parts) >= _MAX_PARTS:
+            self.sketch()
         self.add_categories(o.categories, o.other, max_categories)
         if self.values is None or o.values is None:
             self.values = None
@@ -394,7 +410,7 @@ class _Stats:
             "sq_inf": self.sq_inf,
             "min": self.min if finite else None,  # JSON has no inf
             "max": self.max if finite else None,
-            "sketch": sorted(self.sketch.items()),
+            "sketch": list(zip(*(a.tolist() for a in self.sketch()), strict=True)),
             "categories": sorted(self.categories.items()),
             "other": self.other,
             "values": None if self.values is None else self._values().tolist(),
@@ -410,7 +426,9 @@ class _Stats:
         s.sq_inf = bool(state["sq_inf"])
         s.min = math.inf if state["min"] is None else float(state["min"])
         s.max = -math.inf if state["max"] is None else float(state["max"])
-        s.sketch = {int(i): int(c) for i, c in state["sketch"]}
+        if state["sketch"]:
+            index, counts = zip(*state["sketch"], strict=True)
+            s.add_buckets(np.array(index, dtype=np.int64), np.array(counts, dtype=np.int64))
         s.categories = {str(k): int(c) for k, c in state["categories"]}
         values = state["values"]
         if values is None:
@@ -433,7 +451,7 @@ class _Stats:
             "sum_sq": math.inf if self.sq_inf else _fixed_to_float(self.sq_fixed),
             "min": self.min,
             "max": self.max,
-            "sketch": dict(sorted(self.sketch.items())),
+            "sketch": dict(zip(*(a.tolist() for a in self.sketch()), strict=True)),
             "categories": categories,
             # stable: -0.0 and 0.0 stay in arrival order, as Python's sorted() keeps them
             "values": []
