@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from faust.types.tuples import ConsumerMessage
 
+from pipeline.agents import sink as sink_agent
 from pipeline.agents.sink import SinkRuntime
 from pipeline.estimators.features import FeatureWindow
 from pipeline.settings import Settings
-from pipeline.sink.derive import Deriver
+from pipeline.sink.clickhouse import ClickHouseSink
+from pipeline.sink.derive import CHUNK_STARTS, Deriver
 from schemas.rows import encode_rows
 from schemas.topics import Topics
 
@@ -193,3 +195,35 @@ def test_a_revoked_partition_is_not_acknowledged(chdb_path: Path) -> None:
 
     asyncio.run(run())
     assert consumer.acked == [] and rt.idle()
+
+
+@pytest.mark.parametrize("bound", [30, sink_agent.DERIVED_ROWS_PER_INSERT])
+def test_derived_rows_are_inserted_in_bounded_batches(
+    chdb_path: Path, monkeypatch: pytest.MonkeyPatch, bound: int
+) -> None:
+    """A derive of many windows holds about ``DERIVED_ROWS_PER_INSERT`` rows (and one chunk of
+    window starts more) before it inserts them; a small derive inserts once."""
+    inserts: list[int] = []
+    original = ClickHouseSink.insert
+
+    def counted(self: ClickHouseSink, table: str, rows: Any) -> None:
+        if table == "drift_rows":
+            inserts.append(len(rows))
+        original(self, table, rows)
+
+    monkeypatch.setattr(ClickHouseSink, "insert", counted)
+    monkeypatch.setattr(sink_agent, "DERIVED_ROWS_PER_INSERT", bound)
+    rt, consumer = runtime(chdb_path, f"bounded{bound}", derive_interval_seconds=60)
+
+    async def run() -> None:
+        await write(rt, Batches()(*(("feature_partials", feature_rows(k, 0)) for k in range(12))))
+        rt.last_input -= rt.settings.sink_batch_seconds
+        await rt.derive_if_due()
+
+    asyncio.run(run())
+    per_window = 6  # psi, jensen_shannon, wasserstein(_normalised), ks, the decision
+    assert sum(inserts) == 11 * per_window  # the first window has no previous one
+    assert len(inserts) == (1 if bound > sum(inserts) else 2)
+    assert max(inserts) < bound + CHUNK_STARTS * per_window
+    assert drift_windows(rt) == {T0 + k * MINUTE for k in range(1, 12)}
+    assert consumer.acked == list(range(12)) and rt.idle()
