@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 #: Derived rows held before they are inserted. Each insert is a part in ClickHouse (about
-#: 20 ms in chDB, so inserting a few windows at a time made the last derive of a run 10x
+#: 20 ms in chDB: inserting every few windows made the last derive of a run several times
 #: slower to write); the bound keeps a derive of a long history (a new reference profile)
 #: from holding it all.
 DERIVED_ROWS_PER_INSERT = 20_000

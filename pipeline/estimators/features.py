@@ -243,11 +243,11 @@ def _fixed_to_float(total: int) -> float:
 
 
 _FLOAT: frozenset[type] = frozenset({float})
+_STR: frozenset[type] = frozenset({str})
 #: Sketch parts a summary holds before merging them (see ``_Stats.parts``).
 _MAX_PARTS = 8
 _NO_BUCKETS = np.empty(0, dtype=np.int64)
 _NO_BUCKETS.flags.writeable = False
-_STR: frozenset[type] = frozenset({str})
 
 
 def _float_array(chunks: list[Iterable[Any]]) -> np.ndarray:
