@@ -10,7 +10,6 @@ rebalanced worker re-reads from the first offset live state needed and rebuilds 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 from collections import Counter, deque
@@ -22,6 +21,7 @@ from faust.types import TP, Message
 
 from pipeline.checkpoint import Checkpoint, read_checkpoints
 from pipeline.detection import DetectorStreams
+from pipeline.estimators.detectors import river_classes
 from pipeline.kafka import BoundedConsumer
 from pipeline.partition import PartitionState
 from pipeline.settings import Settings
@@ -71,8 +71,7 @@ class ComputeRuntime:
         self.lead_ms = 1000 * (
             settings.window_seconds + settings.label_ttl_seconds + settings.lateness_seconds
         )
-        if settings.detector_names:  # River's drift package takes 0.4 s: now, not mid-stream
-            importlib.import_module("river.drift")
+        river_classes(settings.detector_names)
 
     # --- input ----------------------------------------------------------------------------
 
