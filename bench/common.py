@@ -21,8 +21,8 @@ def run_measured(
     cmd: list[str], out_path: str, timeout: float, log_path: str
 ) -> tuple[dict[str, Any], float, float]:
     """Run ``cmd`` (which writes its result to ``out_path``) and wait for it; returns (its
-    result, its peak RSS in MiB, wall seconds). The peak RSS is the child's own (``wait4``),
-    so each measurement is counted apart."""
+    result, its peak RSS in MiB, wall seconds). The peak RSS is the child's own (see
+    :func:`wait_measured_all`), so each measurement is counted apart."""
     started = time.monotonic()
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -35,6 +35,10 @@ def run_measured(
         return orjson.loads(f.read()), rss, time.monotonic() - started
 
 
+#: How often a measured child's peak RSS is read while it runs.
+POLL_SECONDS = 0.02
+
+
 class Ended(NamedTuple):
     """How a measured child ended: exit code, peak RSS in MiB, CPU seconds (user + system)."""
 
@@ -43,8 +47,25 @@ class Ended(NamedTuple):
     cpu_s: float
 
 
-def _ended(code: int, usage: Any) -> Ended:
-    return Ended(code, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime)
+def _ended(code: int, usage: Any, peak_mib: float) -> Ended:
+    return Ended(code, peak_mib, usage.ru_utime + usage.ru_stime)
+
+
+def _peak_rss_mib(pid: int) -> float:
+    """The high-water mark of the memory ``pid`` runs in now (``VmHWM``); 0 once it ended.
+
+    Not ``ru_maxrss``: a child spawned with vfork, as ``subprocess`` does, starts in its
+    parent's memory, and Linux keeps that memory's high-water mark in the child's rusage
+    across ``exec``, so every child would report at least its parent's peak (the
+    benchmark's, which holds the event set)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
 
 
 def wait_measured(proc: subprocess.Popen[bytes], timeout: float) -> Ended:
@@ -56,17 +77,21 @@ def wait_measured_all(
     procs: dict[str, subprocess.Popen[bytes]], timeout: float
 ) -> dict[str, Ended]:
     """Wait for started children; returns how each ended. Once one fails, or at the timeout,
-    the others are killed (their code is then -9)."""
+    the others are killed (their code is then -9). A child's peak RSS is its ``VmHWM``,
+    read every :data:`POLL_SECONDS` while it runs (it only grows, so the peak is missed by
+    at most what the child added in its last poll interval)."""
     deadline = time.monotonic() + timeout
     out: dict[str, Ended] = {}
+    peaks = dict.fromkeys(procs, 0.0)
     while len(out) < len(procs):
         for name, proc in procs.items():
             if name in out:
                 continue
+            peaks[name] = max(peaks[name], _peak_rss_mib(proc.pid))
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 proc.returncode = os.waitstatus_to_exitcode(status)
-                out[name] = _ended(proc.returncode, usage)
+                out[name] = _ended(proc.returncode, usage, peaks[name])
         failed = any(e.code != 0 for e in out.values())
         late = time.monotonic() > deadline
         if (failed or late) and len(out) < len(procs):
@@ -75,9 +100,9 @@ def wait_measured_all(
                     proc.kill()
                     _, status, usage = os.wait4(proc.pid, 0)
                     proc.returncode = -9
-                    out[name] = _ended(-9, usage)
+                    out[name] = _ended(-9, usage, peaks[name])
             if late and not failed:
                 raise RuntimeError(f"processes still running after {timeout}s: {sorted(procs)}")
         if len(out) < len(procs):
-            time.sleep(0.05)
+            time.sleep(POLL_SECONDS)
     return out
