@@ -48,21 +48,30 @@ def encode_rows(table: str, rows: Sequence[dict[str, Any]], result_set: str = ""
 def encode_bounded(
     table: str, rows: Sequence[dict[str, Any]], max_bytes: int, result_set: str = ""
 ) -> list[bytes]:
-    """``rows`` as one or more messages of at most ``max_bytes`` each (a single row larger
-    than that is sent alone).
+    """``rows`` in order as messages of at most ``max_bytes`` each (a single row larger than
+    that is sent alone). Each row is encoded once and messages are filled in turn; each is
+    what :func:`encode_rows` makes of its rows.
 
     >>> [len(m) < 120 for m in encode_bounded("t", [{"x": "y" * 40}] * 3, 120)]
     [True, True, True]
     """
     if not rows:
         return []
-    value = encode_rows(table, rows, result_set)
-    if len(value) <= max_bytes or len(rows) == 1:
-        return [value]
-    half = len(rows) // 2
-    return encode_bounded(table, rows[:half], max_bytes, result_set) + encode_bounded(
-        table, rows[half:], max_bytes, result_set
-    )
+    empty = encode_rows(table, [], result_set)
+    at = empty.index(b'"rows":[') + len(b'"rows":[')
+    head, tail = empty[:at], empty[at:]  # around the rows, which go between "[" and "]"
+    out: list[bytes] = []
+    part: list[bytes] = []
+    size = len(empty)
+    for row in rows:
+        value = orjson.dumps(row, option=orjson.OPT_NON_STR_KEYS)
+        if part and size + 1 + len(value) > max_bytes:
+            out.append(head + b",".join(part) + tail)
+            part, size = [], len(empty)
+        size += len(value) + (1 if part else 0)
+        part.append(value)
+    out.append(head + b",".join(part) + tail)
+    return out
 
 
 def decode_rows(raw: bytes) -> RowBatch:
