@@ -7,8 +7,9 @@ checkpoints, acknowledgements), with an in-memory producer in place of Kafka. Pr
 events per second of each phase and a digest of everything the runtime emitted: a change that
 must not alter results must leave the digest as it was.
 
-Flushes happen every ``--flush-events`` input events (not every second of wall time), so the
-emitted rows, and the digest, do not depend on the speed of the machine.
+Flushes happen every ``flush_events`` input events, as in the worker (``--flush-events`` sets
+it), and not every second of wall time: the emitted rows, and the digest, do not depend on the
+speed of the machine.
 
 ```
 python -m bench.hotpath                        # 50 000 predictions, envelopes and single msgs
@@ -109,15 +110,17 @@ class _App:
     consumer: _Consumer = field(default_factory=_Consumer)
 
 
-def _settings(topics: Topics) -> Settings:
+def _settings(topics: Topics, flush_events: int | None) -> Settings:
     return Settings.load(
+        env={},
         overrides={
+            "flush_events": flush_events,
             "topic_prefix": topics.prefix,
             "partitions": PARTITIONS,
             "window_seconds": WINDOW_S,
             "lateness_seconds": 2,
             "label_ttl_seconds": WINDOW_S,
-        }
+        },
     )
 
 
@@ -134,25 +137,22 @@ def _messages(spec: EventSetSpec, topics: Topics, single: bool) -> list[_Event]:
     return out
 
 
-def _runtime(topics: Topics, app: _App) -> ComputeRuntime:
-    runtime = ComputeRuntime(app, _settings(topics), topics, run_id="hotpath")  # type: ignore[arg-type]
+def _runtime(topics: Topics, app: _App, flush_events: int | None) -> ComputeRuntime:
+    settings = _settings(topics, flush_events)
+    runtime = ComputeRuntime(app, settings, topics, run_id="hotpath")  # type: ignore[arg-type]
     for p in range(PARTITIONS):
         runtime.checkpoints[p] = []  # a first start: no checkpoint topic to read
     return runtime
 
 
-async def _feed(runtime: ComputeRuntime, events: list[_Event], flush_events: int) -> None:
-    since = 0
+async def _feed(runtime: ComputeRuntime, events: list[_Event]) -> None:
     for event in events:
-        await runtime.process(event)  # type: ignore[arg-type]
-        if runtime.events_in - since >= flush_events:
-            since = runtime.events_in
-            await runtime.flush()
+        await runtime.process(event)  # type: ignore[arg-type]  # flushes every flush_events
     await runtime.flush()
 
 
 def run_mode(
-    spec: EventSetSpec, single: bool, flush_events: int, memory: bool = False
+    spec: EventSetSpec, single: bool, flush_events: int | None, memory: bool = False
 ) -> dict[str, Any]:
     """Decode-only and full-runtime rates of one message mode, and the digest of the output."""
     topics = Topics("hotpath.")
@@ -166,13 +166,13 @@ def run_mode(
     decode_s = time.perf_counter() - started
 
     app = _App(_Producer(topics.metrics))
-    runtime = _runtime(topics, app)
+    runtime = _runtime(topics, app, flush_events)
     if memory:
         tracemalloc.start(10)
     gc.collect()
     rss_before = _reset_peak_rss()
     started = time.perf_counter()
-    asyncio.run(_feed(runtime, events, flush_events))
+    asyncio.run(_feed(runtime, events))
     total_s = time.perf_counter() - started
     result: dict[str, Any] = {
         "mode": "single" if single else "envelopes",
@@ -240,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--modes", default="envelopes,single", help="envelopes and/or single (messages)"
     )
-    ap.add_argument("--flush-events", type=int, default=10_000, help="input events per flush")
+    ap.add_argument(
+        "--flush-events", type=int, default=None, help="input events per flush (the worker's)"
+    )
     ap.add_argument("--memory", action="store_true", help="trace allocations (slower)")
     ap.add_argument("--profile", choices=["envelopes", "single"], default=None)
     ap.add_argument("--top", type=int, default=30, help="functions shown by --profile")

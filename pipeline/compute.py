@@ -66,6 +66,8 @@ class ComputeRuntime:
         self.seen_input = False
         self.events_in = 0
         self.yielded_at = time.monotonic()
+        self.flushed_at = 0  # events_in when the last flush began
+        self.flushing = asyncio.Lock()
         self.last_offsets: dict[TP, int] = {}  # the last offset processed, per partition
         self.held: dict[int, TP] = {}  # the topic held because it leads, per partition
         self.lead_ms = 1000 * (
@@ -107,7 +109,9 @@ class ComputeRuntime:
         message.value = event.value = None
         self.last_offsets[tp] = message.offset
         self._pace(tp.partition, state)
-        if self.last_input - self.yielded_at >= YIELD_SECONDS:
+        if self.events_in - self.flushed_at >= self.settings.flush_events:
+            await self.flush()  # what is read while it waits for acks stays bounded too
+        elif self.last_input - self.yielded_at >= YIELD_SECONDS:
             self.yielded_at = self.last_input
             await asyncio.sleep(0)  # let the flush timer and commits run
 
@@ -221,7 +225,17 @@ class ComputeRuntime:
 
     async def flush(self) -> None:
         """Emit dead letters and changed windows; once Kafka acknowledged all of them, write
-        the checkpoints and acknowledge what live state released, so Faust commits it."""
+        the checkpoints and acknowledge what live state released, so Faust commits it.
+
+        Runs every ``flush_interval_seconds`` and, from :meth:`process`, after every
+        ``flush_events`` input events: catching up on a backlog, a second of input can span
+        minutes of event time, and what a flush holds (open windows, joins waiting for it to
+        evict them, their rows) grows with the event time it covers. One flush at a time."""
+        async with self.flushing:
+            self.flushed_at = self.events_in
+            await self._flush()
+
+    async def _flush(self) -> None:
         released: list[tuple[int, PartitionState, dict[str, Mark]]] = []
         for partition, state in list(self.states.items()):
             self._pace(partition, state)  # also when the other topic has nothing left to read

@@ -87,6 +87,11 @@ class Settings:
         " client __overflow__ (0 = no per-client rows)",
     )
     flush_interval_seconds: float = _setting(1.0, "how often changed windows are emitted")
+    flush_events: int = _setting(
+        10_000,
+        "input events after which changed windows are emitted before flush_interval_seconds"
+        " passed: bounds the compute's memory when it catches up on a backlog",
+    )
     max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
     sink_batch_messages: int = _setting(100, "metrics messages per ClickHouse insert, at most")
     sink_batch_seconds: float = _setting(1.0, "longest wait before a partial sink batch is written")
@@ -143,6 +148,7 @@ class Settings:
             "partitions",
             "window_seconds",
             "auc_bins",
+            "flush_events",
             "sink_batch_messages",
             "sink_insert_bytes",
             "max_models",

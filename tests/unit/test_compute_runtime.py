@@ -1,5 +1,6 @@
 """The compute runtime shares the event loop: a long run of buffered messages does not hold
-back the flush timer."""
+back the flush timer; and it flushes by itself after every ``flush_events`` input events, one
+flush at a time."""
 
 from __future__ import annotations
 
@@ -25,6 +26,35 @@ class Consumer:
     def highwater(self, tp: TP) -> int:
         return 0
 
+    def ack(self, message: Any) -> bool:
+        return True
+
+
+class Producer:
+    """Kafka's acks after ``delay`` seconds; notes ``runtime.events_in`` at each rows message."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.runtime: ComputeRuntime | None = None
+        self.rows_sent_at: list[int] = []
+
+    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
+        if topic == TOPICS.metrics and b'"feature_partials"' in value:
+            assert self.runtime is not None
+            self.rows_sent_at.append(self.runtime.events_in)
+        ack = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(self.delay, ack.set_result, None)
+        return ack
+
+
+def runtime_with(producer: Producer, **overrides: Any) -> ComputeRuntime:
+    settings = Settings.load(env={}, overrides={"topic_prefix": TOPICS.prefix, **overrides})
+    app = SimpleNamespace(consumer=Consumer(), producer=producer)
+    runtime = ComputeRuntime(app, settings, TOPICS, "t")  # type: ignore[arg-type]
+    runtime.checkpoints[0] = []  # a first start: no checkpoint topic to read
+    producer.runtime = runtime
+    return runtime
+
 
 def predictions(n: int) -> list[Any]:
     events = []
@@ -46,10 +76,7 @@ def predictions(n: int) -> list[Any]:
 
 
 def test_a_long_run_of_messages_yields_to_the_loop() -> None:
-    settings = Settings.load(env={}, overrides={"topic_prefix": TOPICS.prefix})
-    app = SimpleNamespace(consumer=Consumer(), producer=None)
-    runtime = ComputeRuntime(app, settings, TOPICS, "t")  # type: ignore[arg-type]
-    runtime.checkpoints[0] = []  # a first start: no checkpoint topic to read
+    runtime = runtime_with(Producer(), flush_events=100_000)
     events = predictions(20_000)
     progress: list[int] = []
 
@@ -73,3 +100,49 @@ def test_a_long_run_of_messages_yields_to_the_loop() -> None:
     during = [n for n in progress if n < len(events)]
     assert elapsed > 5 * YIELD_SECONDS  # long enough for the timer to be due several times
     assert len(during) >= 2, (elapsed, progress)  # it ran while the messages were processed
+
+
+def test_a_flush_follows_every_flush_events_input_events() -> None:
+    producer = Producer()
+    runtime = runtime_with(producer, flush_events=5_000)
+
+    async def run() -> None:  # no timer: only the runtime's own flushes
+        for event in predictions(12_000):
+            await runtime.process(event)
+
+    asyncio.run(run())
+    assert producer.rows_sent_at == [5_000, 10_000]
+    assert runtime.flushed_at == 10_000
+
+
+def test_the_timer_and_the_input_never_flush_at_once() -> None:
+    producer = Producer(delay=0.005)  # each flush waits for acks, twice
+    runtime = runtime_with(producer, flush_events=500)
+    flushing, overlaps, flushes = [0], [0], [0]
+    flush_rows = runtime._flush
+
+    async def counted() -> None:
+        flushing[0] += 1
+        overlaps[0] = max(overlaps[0], flushing[0])
+        try:
+            await flush_rows()
+        finally:
+            flushing[0] -= 1
+            flushes[0] += 1
+
+    runtime._flush = counted  # type: ignore[method-assign]
+
+    async def run() -> None:
+        async def timer() -> None:  # what Faust's flush timer is to the agent
+            while True:
+                await asyncio.sleep(0.001)
+                await runtime.flush()
+
+        task = asyncio.create_task(timer())
+        for event in predictions(3_000):
+            await runtime.process(event)
+        task.cancel()
+
+    asyncio.run(run())
+    assert flushes[0] > 6  # the input's six and the timer's
+    assert overlaps[0] == 1
