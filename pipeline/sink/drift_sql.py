@@ -13,6 +13,10 @@ latest version of every row.
 
 from __future__ import annotations
 
+import re
+
+from pipeline.sink.tables import LARGE_ROWS
+
 _WINDOW_KEY = """
             model String,
             model_version String,
@@ -37,11 +41,13 @@ _SUMMARY_COLUMNS = """
 
 def _versioned(table: str, columns: str, order_by: str) -> str:
     """A ReplacingMergeTree table whose rows are replaced by higher ``version``s."""
+    settings = LARGE_ROWS if re.search(r"\b(Array|Map)\(", columns) else ""
     return f"""CREATE TABLE IF NOT EXISTS {table} ({columns}
             version UInt64,
             inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(version)
-        ORDER BY ({order_by})"""
+        ORDER BY ({order_by})
+        {settings}"""
 
 
 def ddl(db: str) -> list[str]:

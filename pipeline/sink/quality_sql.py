@@ -9,6 +9,7 @@ the partitions. Every metric formula lives here, once (``docs/metrics.md`` expla
 from __future__ import annotations
 
 from pipeline.estimators.registry import CLASSIFICATION, names
+from pipeline.sink.tables import LARGE_ROWS
 
 __all__ = ["METRICS", "ddl"]
 
@@ -52,7 +53,8 @@ ORDER BY ({_WINDOW}, partition)""",
     version UInt64,
     inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
 ) ENGINE = ReplacingMergeTree(version)
-ORDER BY ({_WINDOW}, partition, class)""",
+ORDER BY ({_WINDOW}, partition, class)
+{LARGE_ROWS}""",
         # The bin count is not needed: only the order of the bins matters, and equal bins
         # count as ties (half). A partition that never saw a class still had events with
         # probability 0 for it: `unseen` puts them in bin 0 of auc_neg, from the window's

@@ -1,0 +1,29 @@
+"""Every result table whose rows hold arrays or maps (kilobytes a row) is created to read and
+merge a few hundred rows at a time: at ClickHouse's defaults a merge of such parts held about
+as much memory as the parts themselves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.sink.clickhouse import ClickHouseSink
+from pipeline.sink.tables import LARGE_ROWS
+
+
+def test_tables_with_array_or_map_columns_merge_in_small_blocks(chdb_path: Path) -> None:
+    sink = ClickHouseSink(f"chdb://{chdb_path}", "large_rows")
+    sink.migrate()
+    _, rows = sink.query(
+        "SELECT DISTINCT table FROM system.columns WHERE database = 'large_rows' "
+        "AND match(type, '(^|\\\\W)(Array|Map)\\\\(') AND table IN (SELECT name FROM "
+        "system.tables WHERE database = 'large_rows' AND engine LIKE '%MergeTree')"
+    )
+    large = {r[0] for r in rows}
+    _, rows = sink.query(
+        "SELECT name, engine_full FROM system.tables WHERE database = 'large_rows' "
+        "AND engine LIKE '%MergeTree'"
+    )
+    settings = LARGE_ROWS.removeprefix("SETTINGS ")
+    small_blocks = {name for name, engine in rows if settings in engine}
+    assert {"feature_partials", "quality_class_partials", "reference_profiles"} <= large
+    assert small_blocks == large
