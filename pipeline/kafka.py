@@ -91,7 +91,8 @@ class BoundedConsumer(faust_aiokafka.Consumer):
 
     Its rebalance listener gives every assignment an id of its own (see
     :class:`_RebalanceListener`), and its fetch loop hands each message over without Faust's
-    four tasks per message (see :meth:`_drain_messages`).
+    four tasks per message and without letting a rebalance during a hand-over skip messages
+    (see :meth:`_drain_messages`).
     """
 
     RebalanceListener = _RebalanceListener
@@ -122,14 +123,23 @@ class BoundedConsumer(faust_aiokafka.Consumer):
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:
         """Faust's fetch loop (``Consumer._drain_messages`` of faust-streaming 0.15.3) with
-        one change: a message is handed to its streams by awaiting the conductor's callback,
-        where Faust awaits ``wait_first(callback(message), suspend_flow.wait())``.
+        two changes.
 
-        ``wait_first`` creates four tasks and an ``asyncio.wait`` for every message: a third
-        of a worker's time on single-event messages. What it adds is giving up a delivery that
-        waits (a full stream buffer) once the flow is suspended, which Faust does only when the
-        app stops, and then it stops the fetcher, which cancels this loop and the delivery with
-        it. ``tests/unit/test_bounded_consumer.py`` checks that the rest is Faust's code.
+        A message is handed to its streams by awaiting the conductor's callback, where Faust
+        awaits ``wait_first(callback(message), suspend_flow.wait())``. ``wait_first`` creates
+        four tasks and an ``asyncio.wait`` for every message: a third of a worker's time on
+        single-event messages. What it adds is giving up a delivery that waits (a full stream
+        buffer) once the flow is suspended, which Faust does only when the app stops, and then
+        it stops the fetcher, which cancels this loop and the delivery with it.
+
+        A message's offset becomes its partition's read offset only if no rebalance happened
+        since it was fetched. A delivery waits while the stream's buffer is full; if the
+        partition was revoked and assigned again meanwhile, Faust recorded the stale offset
+        for the new assignment, and dropped as already read every message between the
+        committed offset, where the new assignment starts, and that offset: live state lost
+        them, and the rows of their windows came out short.
+
+        ``tests/unit/test_bounded_consumer.py`` checks that the rest is Faust's code.
         """
         callback = self.callback
         getmany = self.getmany
@@ -174,7 +184,8 @@ class BoundedConsumer(faust_aiokafka.Consumer):
                                     self._n_acked = 0
                                     await self.commit()
                             await callback(message)
-                            set_read_offset(tp, offset)
+                            if message.generation_id == self.app.consumer_generation_id:
+                                set_read_offset(tp, offset)
                         else:
                             self.log.dev(
                                 "DROPPED MESSAGE ROFF %r: k=%r v=%r",

@@ -11,12 +11,14 @@ import asyncio
 import inspect
 import re
 import textwrap
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from types import SimpleNamespace
 
 import faust
 import pytest
 from faust.transport.consumer import Consumer
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 
 from pipeline.app import create_app
 from pipeline.kafka import FETCH_MAX_BYTES, BoundedConsumer
@@ -90,15 +92,55 @@ def _statements(source: str) -> str:
     return ast.dump(ast.Module(body=body, type_ignores=[]))
 
 
-def test_the_fetch_loop_is_fausts_but_for_the_hand_over() -> None:
+def test_the_fetch_loop_is_fausts_but_for_the_hand_over_and_the_read_offset() -> None:
     """A Faust upgrade that changes its loop fails this, so that the copy is looked at again."""
     faust_loop = textwrap.dedent(inspect.getsource(Consumer._drain_messages))
     hand_over = re.compile(
         r"await self\.wait_first\(\s*callback\(message\), self\.suspend_flow\.wait\(\)\s*\)"
+        r"\n(\s*)set_read_offset\(tp, offset\)"
     )
     assert len(hand_over.findall(faust_loop)) == 1, "Faust's hand-over changed"
-    expected = hand_over.sub("await callback(message)", faust_loop)
+    expected = hand_over.sub(
+        "await callback(message)\n"
+        "\\1if message.generation_id == self.app.consumer_generation_id:\n"
+        "\\1    set_read_offset(tp, offset)",
+        faust_loop,
+    )
     assert _statements(inspect.getsource(BoundedConsumer._drain_messages)) == _statements(expected)
+
+
+def _hand_over(app: faust.App, rebalance: bool) -> int | None:
+    """Run the fetch loop over one message of LABELS_0 at offset 28, fetched under the current
+    assignment, whose delivery waits while (with ``rebalance``) the partition is revoked and
+    assigned again, as a full stream buffer lets happen; the partition's read offset after."""
+    consumer = app.consumer
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    message = ConsumerMessage(
+        LABELS_0.topic, LABELS_0.partition, 28, 0.0, 0, [], None, b"{}", None,
+        generation_id=app.consumer_generation_id,
+    )  # fmt: skip
+
+    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, ConsumerMessage]]:
+        yield LABELS_0, message
+        fetcher._stopped.set()
+
+    async def deliver(delivered: ConsumerMessage) -> None:
+        if rebalance:
+            app.consumer_generation_id += 1  # what the rebalance listener does
+            consumer._read_offset.pop(LABELS_0, None)  # what Faust's revocation does
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer.callback = deliver  # type: ignore[method-assign]
+    asyncio.get_event_loop().run_until_complete(consumer._drain_messages(fetcher))
+    return consumer._read_offset.get(LABELS_0)
+
+
+def test_a_delivery_across_a_rebalance_leaves_the_new_assignment_s_read_offset(
+    app: faust.App,
+) -> None:
+    """Else the re-read from the committed offset, below 28, is dropped as already read."""
+    assert _hand_over(app, rebalance=False) == 28
+    assert _hand_over(app, rebalance=True) is None
 
 
 def test_the_producer_batches_rows_messages(app: faust.App) -> None:
