@@ -1,5 +1,6 @@
 """Tables of the pipeline itself: dead letters, self-metrics and per-model activity
-(``{db}``-qualified DDL)."""
+(``{db}``-qualified DDL); and the settings every result table with large rows is created
+with."""
 
 from __future__ import annotations
 
