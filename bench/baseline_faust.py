@@ -7,8 +7,10 @@ of the prediction's (model, version, segment, window) and a ``river.drift.ADWIN`
 on the error indicator.
 
 ``--mode decode``: the same agent that only decodes each message (the bare Faust cost).
-``--consumer modelmon`` runs it on modelmon's Kafka consumer (``pipeline.kafka``), whose fetch
-loop hands messages over at less cost than Faust's own.
+``--consumer modelmon`` runs it on the workers' delivery: modelmon's Kafka consumer
+(``pipeline.kafka``), whose fetch loop hands messages over at less cost than Faust's own, its
+schema that passes keys and values on as bytes, and its monitor without per-message
+statistics (``pipeline.app``).
 
 Run as ``python -m bench.baseline_faust``; it stops itself after ``--messages`` messages and
 writes its result (rate from the first to the last message, per-window numbers) to ``--out``.
@@ -24,11 +26,19 @@ from typing import Any
 
 import faust
 import orjson
+from faust.sensors import Monitor
 
 
 def build(a: argparse.Namespace) -> faust.App:
     from river import drift, metrics
 
+    modelmon = a.consumer == "modelmon"
+    monitor_class: type[Monitor] = Monitor
+    if modelmon:
+        from pipeline.app import QuietMonitor
+        from pipeline.kafka import BoundedConsumer, RawSchema
+
+        monitor_class = QuietMonitor
     app = faust.App(
         a.app_id,
         broker=f"kafka://{a.bootstrap}",
@@ -41,12 +51,13 @@ def build(a: argparse.Namespace) -> faust.App:
         broker_session_timeout=2,
         broker_heartbeat_interval=0.5,
         broker_rebalance_timeout=3,
+        Monitor=monitor_class,
     )
-    if a.consumer == "modelmon":
-        from pipeline.kafka import BoundedConsumer
-
+    if modelmon:  # the workers' delivery: their consumer, monitor and schema
         app.transport.Consumer = BoundedConsumer  # before anything creates the consumer
-    topic = app.topic(a.predictions, a.labels, key_serializer="raw", value_serializer="raw")
+        topic = app.topic(a.predictions, a.labels, schema=RawSchema())
+    else:
+        topic = app.topic(a.predictions, a.labels, key_serializer="raw", value_serializer="raw")
     window_ms = a.window_ms
     state: dict[str, Any] = {"n": 0, "first": 0.0, "last": 0.0, "events": 0}
     preds: dict[str, tuple[tuple[str, str, str, int], str]] = {}
@@ -141,7 +152,9 @@ def main() -> None:
     ap.add_argument("--labels", required=True)
     ap.add_argument("--messages", type=int, required=True)
     ap.add_argument("--mode", choices=("river", "decode"), default="river")
-    ap.add_argument("--consumer", choices=("faust", "modelmon"), default="faust")
+    ap.add_argument(
+        "--consumer", choices=("faust", "modelmon"), default="faust", help="whose delivery"
+    )
     ap.add_argument("--window-ms", type=int, default=10_000)
     ap.add_argument("--app-id", required=True)
     ap.add_argument("--datadir", required=True)

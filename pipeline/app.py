@@ -9,8 +9,10 @@ import os
 import signal
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import faust
+from faust.sensors import Monitor
 from faust.types import ConsumerT
 
 from pipeline.agents import compute as compute_agent
@@ -24,6 +26,24 @@ from schemas.topics import Topics
 log = logging.getLogger(__name__)
 
 STREAM_BUFFER_MESSAGES = 128
+
+
+class QuietMonitor(Monitor):
+    """Faust's monitor without its per-message statistics (messages and events in and out
+    per partition, stream and task). Only Faust's web views read them, and the web server is
+    off; the pipeline keeps its own counters. Offsets and commits are still tracked."""
+
+    def on_message_in(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_stream_event_in(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_stream_event_out(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def on_message_out(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -51,6 +71,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_credentials=_credentials(settings),
         store="memory://",
         web_enabled=False,
+        Monitor=QuietMonitor,
         autodiscover=False,
         datadir=os.path.join(settings.data_dir, "faust"),
         topic_partitions=settings.partitions,

@@ -10,12 +10,26 @@ from typing import Any, cast
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from faust import Schema
 from faust.transport.consumer import CONSUMER_FETCHING, ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, AppT, EventT, Message
 from mode import Service, ServiceT
 
 log = logging.getLogger(__name__)
+
+
+class RawSchema(Schema):
+    """Keys and values as the bytes Kafka holds: the agents decode them themselves. Faust's
+    ``raw`` serializers give the same bytes, through a codec lookup per key and per value."""
+
+    def compile(self, app: AppT, **_: Any) -> Any:
+        create_event = app.create_event
+
+        async def decode(message: Message, *, propagate: bool = False) -> EventT:
+            return create_event(message.key, message.value, message.headers, message)
+
+        return decode
 
 
 async def ensure_topics(

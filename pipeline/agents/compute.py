@@ -7,10 +7,11 @@ from typing import Any
 import faust
 
 from pipeline.compute import ComputeRuntime
+from pipeline.kafka import RawSchema
 
 
 def register(app: faust.App, runtime: ComputeRuntime) -> None:
-    source = app.topic(*runtime.inputs, key_serializer="raw", value_serializer="raw")
+    source = app.topic(*runtime.inputs, schema=RawSchema())
 
     # concurrency=1: with more, Faust can commit past a message still being processed.
     @app.agent(source, concurrency=1, name="modelmon.compute")

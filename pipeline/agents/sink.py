@@ -13,6 +13,7 @@ from typing import Any
 import faust
 from faust.types import Message
 
+from pipeline.kafka import RawSchema
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink, json_rows, redact
 from pipeline.sink.derive import Deriver, WindowRef, window_of
@@ -302,7 +303,7 @@ def _parts(events: list[Any], max_bytes: int) -> list[list[Any]]:
 
 
 def register(app: faust.App, runtime: SinkRuntime) -> None:
-    source = app.topic(*runtime.inputs, key_serializer="raw", value_serializer="raw")
+    source = app.topic(*runtime.inputs, schema=RawSchema())
 
     @app.agent(source, concurrency=1, name="modelmon.sink")
     async def sink(stream: faust.StreamT[bytes]) -> None:

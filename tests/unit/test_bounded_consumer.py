@@ -21,7 +21,7 @@ from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
 from pipeline.app import create_app
-from pipeline.kafka import FETCH_MAX_BYTES, BoundedConsumer
+from pipeline.kafka import FETCH_MAX_BYTES, BoundedConsumer, RawSchema
 from pipeline.settings import Settings
 from schemas.rows import MAX_ROWS_MESSAGE_BYTES
 
@@ -82,6 +82,26 @@ def test_even_the_first_fetch_is_capped(app: faust.App) -> None:
         return aiokafka_consumer._fetch_max_bytes
 
     assert asyncio.get_event_loop().run_until_complete(create()) == FETCH_MAX_BYTES
+
+
+@pytest.mark.parametrize("value", [b'{"event_id": "e1"}', b"", None])
+def test_raw_schema_events_equal_faust_raw_serializers_events(
+    app: faust.App, value: bytes | None
+) -> None:
+    """The agents' schema skips Faust's codec lookups; the events it makes must not differ."""
+    message = ConsumerMessage(
+        "bc.labels", 0, 7, 1.5, 0, [("h", b"v")], b"key", value, None, generation_id=1
+    )
+    faust_raw = faust.Schema(key_serializer="raw", value_serializer="raw")  # as the agents had
+
+    async def decode(schema: faust.Schema) -> tuple[object, ...]:
+        event = await schema.compile(app)(message, propagate=True)
+        return (type(event), event.key, event.value, event.headers, event.message)
+
+    loop = asyncio.get_event_loop()
+    ours = loop.run_until_complete(decode(RawSchema()))
+    assert ours == loop.run_until_complete(decode(faust_raw))
+    assert ours[1:4] == (b"key", value, {"h": b"v"})
 
 
 def _statements(source: str) -> str:
