@@ -7,9 +7,10 @@ checkpoints, acknowledgements), with an in-memory producer in place of Kafka. Pr
 events per second of each phase and a digest of everything the runtime emitted: a change that
 must not alter results must leave the digest as it was.
 
-Flushes happen every ``flush_events`` input events, as in the worker (``--flush-events`` sets
-it), and not every second of wall time: the emitted rows, and the digest, do not depend on the
-speed of the machine.
+The garbage collector is set as in the worker (``pipeline.app.tune_gc``). Flushes happen
+every ``flush_events`` input events, as in the worker (``--flush-events`` sets it), and not
+every second of wall time: the emitted rows, and the digest, do not depend on the speed of
+the machine.
 
 ```
 python -m bench.hotpath                        # 50 000 predictions, envelopes and single msgs
@@ -37,6 +38,7 @@ import orjson
 from faust.types import TP
 
 from bench.events import EventSetSpec, envelope_messages, from_spec, single_messages
+from pipeline.app import tune_gc
 from pipeline.compute import ComputeRuntime
 from pipeline.settings import Settings
 from schemas.codec import decode_message
@@ -158,7 +160,7 @@ def run_mode(
     topics = Topics("hotpath.")
     events = _messages(spec, topics, single)
     kinds = {topics.predictions: "prediction", topics.labels: "label"}
-    gc.collect()
+    tune_gc()  # as the worker sets the collector, for both measurements
     started = time.perf_counter()
     n = 0
     for e in events:

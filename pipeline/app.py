@@ -4,6 +4,7 @@ the worker's role registered on it."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -26,6 +27,13 @@ from schemas.topics import Topics
 log = logging.getLogger(__name__)
 
 STREAM_BUFFER_MESSAGES = 128
+
+#: Container objects allocated, net of those freed, between two collections of the youngest
+#: garbage-collector generation. At Python's default (700), decoding input set one off every
+#: few events' worth of objects, and every hundredth walked all the worker holds: about a
+#: sixth of the compute's time in ``bench.hotpath``. Reference counting frees nearly
+#: everything here at once; only cycles (asyncio's, exceptions') wait longer for the collector.
+GC_YOUNG_THRESHOLD = 10_000
 
 
 class QuietMonitor(Monitor):
@@ -164,6 +172,15 @@ def all_topics(settings: Settings) -> dict[str, int]:
     return {name: settings.partitions for name in names}
 
 
+def tune_gc() -> None:
+    """Set the collector for a long-running worker: what exists now (modules, the app) is
+    frozen, never scanned again, and the youngest generation is collected every
+    :data:`GC_YOUNG_THRESHOLD` net allocations."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     """Create the topics, then run a Faust worker until it is stopped."""
     asyncio.run(
@@ -174,4 +191,5 @@ def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    tune_gc()
     worker.execute_from_commandline()

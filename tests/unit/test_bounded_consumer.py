@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import re
 import textwrap
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from types import SimpleNamespace
 
 import faust
@@ -20,24 +20,11 @@ from faust.transport.consumer import Consumer
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-from pipeline.app import create_app
 from pipeline.kafka import FETCH_MAX_BYTES, BoundedConsumer, RawSchema
-from pipeline.settings import Settings
 from schemas.rows import MAX_ROWS_MESSAGE_BYTES
 
 LABELS_0 = TP("bc.labels", 0)
 LABELS_1 = TP("bc.labels", 1)
-
-
-@pytest.fixture
-def app() -> Iterator[faust.App]:
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        yield create_app(Settings.load(overrides={"role": "compute", "topic_prefix": "bc."}))
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()
 
 
 def test_the_workers_consumer_is_bounded(app: faust.App) -> None:
