@@ -169,6 +169,7 @@ def run_e2e(
     out: dict[str, Any] = {
         "dsn": dsn,
         "peak_rss_mib": {role: e.rss_mib for role, e in ended.items()},
+        "peak_anon_mib": {role: e.anon_mib for role, e in ended.items()},
         "cpu_seconds": {role: e.cpu_s for role, e in ended.items()},
         "tables": counts,
         "compute": compute_line(root / "worker-compute.log"),

@@ -132,7 +132,8 @@ def table(r: dict[str, Any]) -> str:
         for s in r["scales"]:
             m = s["modelmon"]
             roles = ", ".join(
-                f"{role} {rss:,.0f} MiB {m['cpu_seconds'][role]:.1f} CPU-s"
+                f"{role} {rss:,.0f} MiB (anon {m['peak_anon_mib'][role]:,.0f}) "
+                f"{m['cpu_seconds'][role]:.1f} CPU-s"
                 for role, rss in m["peak_rss_mib"].items()
             )
             parts.append(f"{s['scale']}x: {1e6 / m['events_per_s']:.2f} us/event, {roles}")

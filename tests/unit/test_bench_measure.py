@@ -1,4 +1,5 @@
-"""The benchmark's process measurement: a child's peak RSS is its own, not its parent's."""
+"""The benchmark's process measurement: a child's peak RSS is its own, not its parent's, and
+its anonymous peak leaves out the files it maps."""
 
 from __future__ import annotations
 
@@ -26,3 +27,5 @@ def test_peak_rss_is_the_childs_own_not_the_parents() -> None:
     assert ended.code == 0
     # the child held 80 MiB (plus an interpreter); its parent held 300 MiB more than that
     assert 80 <= ended.rss_mib < 200, ended
+    # the 80 MiB are anonymous memory; the interpreter's own files mapped in are not
+    assert 80 <= ended.anon_mib < ended.rss_mib, ended
