@@ -1,4 +1,6 @@
-"""Kafka connection settings in the standard client names, and topic administration."""
+"""Topic administration, and how the workers read Kafka: keys and values as bytes
+(:class:`RawSchema`), through a consumer bounded in what it reads ahead
+(:class:`BoundedConsumer`)."""
 
 from __future__ import annotations
 
