@@ -110,7 +110,10 @@ class ComputeRuntime:
         self.last_offsets[tp] = message.offset
         self._pace(tp.partition, state)
         if self.events_in - self.flushed_at >= self.settings.flush_events:
-            await self.flush()  # what is read while it waits for acks stays bounded too
+            # What is read while it waits for acks stays bounded too. Windows still filling
+            # are left to the timer's flush: emitting them at every flush of a backlog
+            # re-sent each window's rows several times.
+            await self.flush(open_windows=False)
         elif self.last_input - self.yielded_at >= YIELD_SECONDS:
             self.yielded_at = self.last_input
             await asyncio.sleep(0)  # let the flush timer and commits run
@@ -223,7 +226,7 @@ class ComputeRuntime:
 
     # --- output ---------------------------------------------------------------------------
 
-    async def flush(self) -> None:
+    async def flush(self, open_windows: bool = True) -> None:
         """Emit dead letters and changed windows; once Kafka acknowledged all of them, write
         the checkpoints and acknowledge what live state released, so Faust commits it.
 
@@ -233,13 +236,13 @@ class ComputeRuntime:
         evict them, their rows) grows with the event time it covers. One flush at a time."""
         async with self.flushing:
             self.flushed_at = self.events_in
-            await self._flush()
+            await self._flush(open_windows)
 
-    async def _flush(self) -> None:
+    async def _flush(self, open_windows: bool) -> None:
         released: list[tuple[int, PartitionState, dict[str, Mark]]] = []
         for partition, state in list(self.states.items()):
             self._pace(partition, state)  # also when the other topic has nothing left to read
-            rows = state.flush()
+            rows = state.flush(open_windows)
             for table, batch in rows.by_table():
                 # A partition's rows stay in order (see Rows.by_table).
                 for value in encode_bounded(table, batch, MAX_ROWS_MESSAGE_BYTES):

@@ -438,20 +438,29 @@ class PartitionState:
 
     # --- output ---------------------------------------------------------------------------
 
-    def flush(self) -> Rows:
+    def flush(self, open_windows: bool = True) -> Rows:
         """Rows of every window changed since the last flush; then drop what became final.
-        Call it before reading :meth:`low_watermarks` for a checkpoint."""
+        Call it before reading :meth:`low_watermarks` for a checkpoint.
+
+        With ``open_windows`` False, a window that can still gain predictions (the prediction
+        watermark has not passed its end) is folded but not emitted: it stays changed, and a
+        later flush emits it. Catching up, a window is then emitted about once, not at every
+        flush that read part of it; its rows, and what the sink derives from them, are the
+        same."""
         window_rows: list[dict[str, Any]] = []
         class_rows: list[dict[str, Any]] = []
         feature_rows: list[dict[str, Any]] = []
         client_rows: list[dict[str, Any]] = []
         client_feature_rows: list[dict[str, Any]] = []
-        for bucket in self.buckets.values():
+        for start, bucket in self.buckets.items():
+            hold = not open_windows and not self.pred_wm.passed(start + self.window_ms)
             for key, w in bucket.windows.items():
                 if not w.dirty:
                     continue
-                w.dirty = False
                 w.settle(self.counters)
+                if hold:
+                    continue
+                w.dirty = False
                 base = {
                     "model": key[0],
                     "model_version": key[1],

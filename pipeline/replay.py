@@ -261,7 +261,7 @@ class Replayer:
         self.summary.events += len(decoded.events) + len(decoded.rejected)
         self.summary.dead_letters += len(decoded.rejected)
         self.pending += 1
-        return self.flush() if self.pending >= self.flush_every else []
+        return self.flush(open_windows=False) if self.pending >= self.flush_every else []
 
     def _in_range(self, kind: str, ts_ms: int) -> bool:
         """Predictions in [start, end); labels until their predictions can no longer join."""
@@ -270,12 +270,13 @@ class Replayer:
             end += (self.settings.window_seconds + self.settings.label_ttl_seconds) * 1000
         return start <= ts_ms < end
 
-    def flush(self) -> list[bytes]:
-        """Rows (as metrics messages) of every window changed since the last flush."""
+    def flush(self, open_windows: bool = True) -> list[bytes]:
+        """Rows (as metrics messages) of every window changed since the last flush; windows
+        that can still gain predictions only if ``open_windows``."""
         self.pending = 0
         out: list[bytes] = []
         for _, state in sorted(self.states.items()):
-            rows = state.flush()
+            rows = state.flush(open_windows)
             self.summary.windows += len(rows.windows)
             for table, batch in rows.by_table():
                 self.summary.rows += len(batch)

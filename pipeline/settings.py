@@ -90,7 +90,8 @@ class Settings:
     flush_events: int = _setting(
         10_000,
         "input events after which changed windows are emitted before flush_interval_seconds"
-        " passed: bounds the compute's memory when it catches up on a backlog",
+        " passed (those that can still gain predictions wait for the timer): bounds the"
+        " compute's memory when it catches up on a backlog",
     )
     max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
     sink_batch_messages: int = _setting(100, "metrics messages per ClickHouse insert, at most")

@@ -31,17 +31,18 @@ class Consumer:
 
 
 class Producer:
-    """Kafka's acks after ``delay`` seconds; notes ``runtime.events_in`` at each rows message."""
+    """Kafka's acks after ``delay`` seconds; notes ``runtime.events_in`` at each counters
+    message, which every flush that read input sends."""
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
         self.runtime: ComputeRuntime | None = None
-        self.rows_sent_at: list[int] = []
+        self.flushes_at: list[int] = []
 
     async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[None]:
-        if topic == TOPICS.metrics and b'"feature_partials"' in value:
+        if topic == TOPICS.metrics and b'"pipeline_counters"' in value:
             assert self.runtime is not None
-            self.rows_sent_at.append(self.runtime.events_in)
+            self.flushes_at.append(self.runtime.events_in)
         ack = asyncio.get_running_loop().create_future()
         asyncio.get_running_loop().call_later(self.delay, ack.set_result, None)
         return ack
@@ -111,7 +112,7 @@ def test_a_flush_follows_every_flush_events_input_events() -> None:
             await runtime.process(event)
 
     asyncio.run(run())
-    assert producer.rows_sent_at == [5_000, 10_000]
+    assert producer.flushes_at == [5_000, 10_000]
     assert runtime.flushed_at == 10_000
 
 
@@ -121,11 +122,11 @@ def test_the_timer_and_the_input_never_flush_at_once() -> None:
     flushing, overlaps, flushes = [0], [0], [0]
     flush_rows = runtime._flush
 
-    async def counted() -> None:
+    async def counted(open_windows: bool) -> None:
         flushing[0] += 1
         overlaps[0] = max(overlaps[0], flushing[0])
         try:
-            await flush_rows()
+            await flush_rows(open_windows)
         finally:
             flushing[0] -= 1
             flushes[0] += 1

@@ -85,8 +85,15 @@ def final_rows(emitted: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
 
 
 def run(
-    state: PartitionState, messages: list[tuple[str, int, list[Any]]], flush_every: int = 1
+    state: PartitionState,
+    messages: list[tuple[str, int, list[Any]]],
+    flush_every: int = 1,
+    open_windows: bool = True,
+    last_flush: bool = True,
 ) -> list[dict[str, Any]]:
+    """Rows emitted reading ``messages``, flushing every ``flush_every`` of them (holding
+    windows still open for predictions unless ``open_windows``, as a worker's flushes on
+    input do) and, if ``last_flush``, once more at the end with every window (its timer's)."""
     emitted: list[dict[str, Any]] = []
     for i, (topic, offset, events) in enumerate(messages):
         if topic == "p":
@@ -94,8 +101,10 @@ def run(
         else:
             state.add_labels(offset, events)
         if (i + 1) % flush_every == 0:
-            emitted += [r for _, rows in state.flush().by_table() for r in rows]
-    return emitted + [r for _, rows in state.flush().by_table() for r in rows]
+            emitted += [r for _, rows in state.flush(open_windows).by_table() for r in rows]
+    if last_flush:
+        emitted += [r for _, rows in state.flush().by_table() for r in rows]
+    return emitted
 
 
 def test_join_in_either_order_counts_each_event_once() -> None:
@@ -200,23 +209,30 @@ def test_final_rows_do_not_depend_on_how_the_two_topics_interleave(seed: int, or
     p, lab = _numbered("p", preds), _numbered("l", labels)
     a = final_rows(run(new_state(), _interleave(p, lab, random.Random(order))))
     b = final_rows(run(new_state(), _interleave(p, lab, random.Random(order + 1)), 7))
-    assert a == b
+    c = final_rows(run(new_state(), _interleave(p, lab, random.Random(order + 2)), 5, False))
+    assert a == b == c
 
 
 @settings(max_examples=25, deadline=None)
-@given(seed=st.integers(0, 10_000), order=st.integers(0, 10_000), crash_at=st.floats(0.05, 0.95))
+@given(
+    seed=st.integers(0, 10_000),
+    order=st.integers(0, 10_000),
+    crash_at=st.floats(0.05, 0.95),
+    held=st.booleans(),
+)
 def test_restart_from_checkpoint_gives_the_rows_of_an_undisturbed_run(
-    seed: int, order: int, crash_at: float
+    seed: int, order: int, crash_at: float, held: bool
 ) -> None:
     preds, labels = _stream(seed)
     rng = random.Random(order)
     messages = _interleave(_numbered("p", preds), _numbered("l", labels), rng)
     undisturbed = final_rows(run(new_state(), messages))
 
-    # Run to the crash point, flushing (and so checkpointing) after every message.
+    # Run to the crash point, flushing (and so checkpointing) after every message; if
+    # ``held``, the windows still open were never emitted before the crash.
     cut = int(len(messages) * crash_at)
     first = new_state()
-    emitted = run(first, messages[:cut])
+    emitted = run(first, messages[:cut], open_windows=not held, last_flush=not held)
     p_mark, l_mark = first.low_watermarks()
     # Restart: re-read each topic from its checkpointed offset with the watermark there.
     second = new_state(
@@ -233,6 +249,24 @@ def test_restart_from_checkpoint_gives_the_rows_of_an_undisturbed_run(
     )
     emitted += run(second, rest)
     assert final_rows(emitted) == undisturbed
+
+
+def test_a_flush_may_hold_windows_that_can_still_gain_predictions() -> None:
+    s = new_state()
+    s.add_predictions(0, [pred("a", 1_000, features={"x": 1.0})])
+    s.add_labels(0, [label("a", 2_000)])
+    held = s.flush(open_windows=False)
+    assert (held.windows, held.features) == ([], [])
+    assert s.waiting == 0  # folded all the same: what waits stays bounded
+    s.add_predictions(1, [pred("b", 2_000, features={"x": 2.0})])
+    (window,) = s.flush().windows  # a flush with open windows emits it, with both events
+    assert (window["predictions"], window["labelled"]) == (2, 1)
+    assert s.flush(open_windows=False).windows == []  # nothing changed since
+
+    s.add_predictions(2, [pred("c", 3_000)])
+    s.add_predictions(3, [pred("z", WINDOW + 10_000)])  # the watermark reaches its end
+    rows = s.flush(open_windows=False)
+    assert [(w["window_start"], w["predictions"]) for w in rows.windows] == [(0, 3)]
 
 
 def test_cardinality_is_bounded_per_window_and_the_overflow_counted() -> None:
