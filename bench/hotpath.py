@@ -5,7 +5,8 @@ single-event messages, through :meth:`pipeline.compute.ComputeRuntime.process` (
 validate, join, windows, feature summaries, detectors) and its periodic ``flush`` (rows,
 checkpoints, acknowledgements), with an in-memory producer in place of Kafka. Prints the
 events per second of each phase and a digest of everything the runtime emitted: a change that
-must not alter results must leave the digest as it was.
+must not alter results must leave the digest as it was. Beside them, the rate of
+``bench.floor`` on the same messages: the least work any monitor of these events does.
 
 The garbage collector is set as in the worker (``pipeline.app.tune_gc``). Flushes happen
 every ``flush_events`` input events, as in the worker (``--flush-events`` sets it), and not
@@ -38,6 +39,7 @@ import orjson
 from faust.types import TP
 
 from bench.events import EventSetSpec, envelope_messages, from_spec, single_messages
+from bench.floor import Floor
 from pipeline.app import tune_gc
 from pipeline.compute import ComputeRuntime
 from pipeline.settings import Settings
@@ -156,7 +158,8 @@ async def _feed(runtime: ComputeRuntime, events: list[_Event]) -> None:
 def run_mode(
     spec: EventSetSpec, single: bool, flush_events: int | None, memory: bool = False
 ) -> dict[str, Any]:
-    """Decode-only and full-runtime rates of one message mode, and the digest of the output."""
+    """Decode-only, floor and full-runtime rates of one message mode, and the digest of the
+    output."""
     topics = Topics("hotpath.")
     events = _messages(spec, topics, single)
     kinds = {topics.predictions: "prediction", topics.labels: "label"}
@@ -166,6 +169,13 @@ def run_mode(
     for e in events:
         n += len(decode_message(e.message.value, kinds[e.message.topic]).events)
     decode_s = time.perf_counter() - started
+    floor = Floor()
+    started = time.perf_counter()
+    for e in events:
+        floor.add(kinds[e.message.topic], e.message.value)  # type: ignore[arg-type]
+    floor.finish()
+    floor_s = time.perf_counter() - started
+    del floor
 
     app = _App(_Producer(topics.metrics))
     runtime = _runtime(topics, app, flush_events)
@@ -181,6 +191,7 @@ def run_mode(
         "messages": len(events),
         "events": runtime.events_in,
         "decode_events_per_s": n / decode_s,
+        "floor_events_per_s": n / floor_s,
         "events_per_s": runtime.events_in / total_s,
         "seconds": total_s,
         "sent": app.producer.sent,
@@ -259,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             r = run_mode(spec, mode == "single", a.flush_events, a.memory)
             print(
                 f"[{scale}x] {r['mode']:<9} {r['messages']:>7} msgs {r['events']:>8} events: "
-                f"decode {r['decode_events_per_s']:>9,.0f}/s, runtime {r['events_per_s']:>9,.0f}/s "
+                f"decode {r['decode_events_per_s']:>9,.0f}/s, "
+                f"floor {r['floor_events_per_s']:>9,.0f}/s, runtime {r['events_per_s']:>9,.0f}/s "
                 f"({r['seconds']:.2f} s); sent {r['sent']} msgs, "
                 f"{r['sent_bytes'] / 2**20:.1f} MiB; "
                 f"digest {r['digest']}; unacked {r['unacked']}, open windows {r['open_windows']}; "
