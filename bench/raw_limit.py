@@ -1,19 +1,48 @@
 """Measurement 1, the limit: raw aiokafka ``getmany`` + orjson decode of every message of the
-predictions and labels topics, no processing. Run as ``python -m bench.raw_limit``."""
+predictions and labels topics, no processing. Run as ``python -m bench.raw_limit``.
+
+With ``--validate`` each message goes through modelmon's own decoder instead
+(:func:`schemas.codec.decode_message`: parse and validate every event, as the compute worker
+must before anything else): the most any monitor that checks its input can reach here."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import time
+from collections.abc import Callable
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import emit
+from schemas.codec import decode_message
+
+#: Events in one message value of a topic.
+Decode = Callable[[str, bytes], int]
 
 
-async def consume(bootstrap: str, topics: list[str], messages: int) -> dict[str, float]:
+def parsed(topic: str, value: bytes) -> int:
+    """Parse with orjson, nothing else."""
+    obj = orjson.loads(value)
+    return len(obj["events"]) if "events" in obj else 1
+
+
+def validator(kinds: dict[str, str]) -> Decode:
+    """Parse and validate with modelmon's decoder (``kinds``: event kind of each topic)."""
+
+    def validated(topic: str, value: bytes) -> int:
+        decoded = decode_message(value, kinds[topic])
+        if decoded.rejected:
+            raise ValueError(f"{topic}: {decoded.rejected[0].reason}")
+        return len(decoded.events)
+
+    return validated
+
+
+async def consume(
+    bootstrap: str, topics: list[str], messages: int, decode: Decode = parsed
+) -> dict[str, float]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -37,8 +66,7 @@ async def consume(bootstrap: str, topics: list[str], messages: int) -> dict[str,
                 first = time.monotonic()
             for records in batches.values():
                 for r in records:
-                    obj = orjson.loads(r.value)
-                    events += len(obj["events"]) if "events" in obj else 1
+                    events += decode(r.topic, r.value)
                 seen += len(records)
             if batches:
                 last = time.monotonic()
@@ -54,10 +82,20 @@ def main() -> None:
     ap.add_argument("--topics", required=True, help="comma-separated")
     ap.add_argument("--messages", type=int, required=True, help="stop after this many")
     ap.add_argument("--out", required=True, help="result JSON path")
+    ap.add_argument(
+        "--validate",
+        metavar="KINDS",
+        help="decode with modelmon's validation; the kind of each topic's events, e.g. "
+        "prediction,label",
+    )
     a = ap.parse_args()
+    topics = a.topics.split(",")
+    decode = parsed
+    if a.validate:
+        decode = validator(dict(zip(topics, a.validate.split(","), strict=True)))
     # warm-up of the connection is outside the timed span: it runs from the first fetched
     # batch to the last, like the other consumers' spans
-    emit(asyncio.run(consume(a.bootstrap, a.topics.split(","), a.messages)), a.out)
+    emit(asyncio.run(consume(a.bootstrap, topics, a.messages, decode)), a.out)
 
 
 if __name__ == "__main__":

@@ -22,11 +22,25 @@ def targets(r: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """(target, measured, met) for each target of the issue, from one run's results."""
     s1 = r["scales"][0]
     out: list[tuple[str, str, bool | None]] = []
-    ratio = s1["modelmon"]["events_per_s"] / s1["raw"]["events_per_s"]
-    out.append(("modelmon >= 0.5 x raw limit (events/s)", f"{ratio:.2f} x", ratio >= 0.5))
+    modelmon = s1["modelmon"]["events_per_s"]
+    validated = s1["validated"]["events_per_s"]
+    raw = s1["raw"]["events_per_s"]
+    out.append(
+        (
+            "modelmon >= 0.5 x raw limit (events/s)",
+            f"{modelmon / raw:.2f} x (validation alone {validated / raw:.2f} x)",
+            modelmon / raw >= 0.5,
+        )
+    )
     if "baseline" in r:
-        ratio = s1["modelmon"]["events_per_s"] / r["baseline"]["events_per_s"]
-        out.append(("modelmon >= 20 x per-event baseline", f"{ratio:.1f} x", ratio >= 20))
+        base = r["baseline"]["events_per_s"]
+        out.append(
+            (
+                "modelmon >= 20 x per-event baseline",
+                f"{modelmon / base:.1f} x (validation alone {validated / base:.0f} x)",
+                modelmon / base >= 20,
+            )
+        )
     if "peer" in r and r["peer"].get("seconds_per_window"):
         ratio = r["peer"]["seconds_per_window"] / r["modelmon_seconds_per_window"]
         out.append(("faster than the batch peer per window", f"{ratio:.0f} x faster", ratio > 1))
@@ -79,6 +93,7 @@ def table(r: dict[str, Any]) -> str:
         tag = f"[{s['scale']}x]"
         for name, m in (
             ("1 raw getmany + orjson (envelopes)", s["raw"]),
+            ("  same + modelmon's validation", s["validated"]),
             ("3 modelmon compute + sink (envelopes)", s["modelmon"]),
         ):
             eps = m["events_per_s"]

@@ -108,6 +108,31 @@ def compare(modelmon: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> d
     }
 
 
+def _raw_limit(
+    bootstrap: str, topics: Topics, messages: int, out: Path, log: str, validate: bool = False
+) -> dict[str, Any]:
+    """``bench.raw_limit`` on the predictions and labels of ``topics``: raw ``getmany`` with
+    orjson, or with modelmon's decode and validation (``validate``)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.raw_limit",
+        "--bootstrap",
+        bootstrap,
+        "--topics",
+        f"{topics.predictions},{topics.labels}",
+        "--messages",
+        str(messages),
+        "--out",
+        str(out),
+    ]
+    if validate:
+        cmd += ["--validate", "prediction,label"]
+    result, rss, _ = run_measured(cmd, str(out), 600, log)
+    result.update(peak_rss_mib=rss, events_per_s=result["events"] / result["seconds"])
+    return result
+
+
 def _faust_agent(
     py: str, args: list[str], mode: str, app_id: str, out: Path, log: str
 ) -> tuple[dict[str, Any], float, float]:
@@ -180,26 +205,14 @@ def main(argv: list[str] | None = None) -> int:
             )
             del messages
             step(f"{scale}x: modelmon {m['events_per_s']:,.0f} events/s; raw limit")
-            raw, rss, _ = run_measured(
-                [
-                    py,
-                    "-m",
-                    "bench.raw_limit",
-                    "--bootstrap",
-                    bs,
-                    "--topics",
-                    f"{env.predictions},{env.labels}",
-                    "--messages",
-                    str(total_msgs),
-                    "--out",
-                    str(root / f"raw-{scale}x.json"),
-                ],
-                str(root / f"raw-{scale}x.json"),
-                600,
-                log,
+            raw = _raw_limit(bs, env, total_msgs, root / f"raw-{scale}x.json", log)
+            step(f"{scale}x: raw getmany + modelmon's validation")
+            validated = _raw_limit(
+                bs, env, total_msgs, root / f"validated-{scale}x.json", log, validate=True
             )
-            raw.update(peak_rss_mib=rss, events_per_s=raw["events"] / raw["seconds"])
-            results["scales"].append({"scale": scale, "raw": raw, "modelmon": m})
+            results["scales"].append(
+                {"scale": scale, "raw": raw, "validated": validated, "modelmon": m}
+            )
             if i > 0:
                 continue
             windows = mm.quality_windows(m["dsn"])
@@ -248,29 +261,12 @@ def main(argv: list[str] | None = None) -> int:
                 root / "bare-mm.json",
                 log,
             )
-            raw1, _, _ = run_measured(
-                [
-                    py,
-                    "-m",
-                    "bench.raw_limit",
-                    "--bootstrap",
-                    bs,
-                    "--topics",
-                    f"{single.predictions},{single.labels}",
-                    "--messages",
-                    str(n_single),
-                    "--out",
-                    str(root / "raw-single.json"),
-                ],
-                str(root / "raw-single.json"),
-                600,
-                log,
-            )
+            raw1 = _raw_limit(bs, single, n_single, root / "raw-single.json", log)
             step("modelmon on single-event messages")
             ms = mm.run_e2e(bs, single.prefix, PARTITIONS, root / "modelmon-single", WINDOW_S, None)
             results["single"] = {
                 "events": n_single,
-                "raw_events_per_s": raw1["events"] / raw1["seconds"],
+                "raw_events_per_s": raw1["events_per_s"],
                 "bare_faust_events_per_s": bare["events"] / bare["seconds"],
                 "bare_faust_modelmon_consumer_events_per_s": bare_mm["events"] / bare_mm["seconds"],
                 "modelmon_events_per_s": ms["compute"].get("events_per_s", 0.0),

@@ -35,7 +35,12 @@ def test_bench_tiny_completes_and_agrees(broker: EmbeddedBroker, tmp_path: Path)
     assert correct["windows"] > 0
     # every measurement ran on the whole event set
     scale = results["scales"][0]
-    assert scale["raw"]["events"] == scale["modelmon"]["events"] == results["baseline"]["events"]
+    assert (
+        scale["raw"]["events"]
+        == scale["validated"]["events"]  # every event passed modelmon's validation
+        == scale["modelmon"]["events"]
+        == results["baseline"]["events"]
+    )
     assert scale["modelmon"]["compute"]["events"] == scale["modelmon"]["events"]
     assert results["single"]["modelmon_compute"]["events"] == results["single"]["events"]
     assert results["paced"]["events"] > 0 and results["paced"]["uncounted_events"] == 0
