@@ -90,7 +90,7 @@ def main() -> None:
     )
     a = ap.parse_args()
     topics = a.topics.split(",")
-    decode = parsed
+    decode: Decode = parsed
     if a.validate:
         decode = validator(dict(zip(topics, a.validate.split(","), strict=True)))
     # warm-up of the connection is outside the timed span: it runs from the first fetched

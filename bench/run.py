@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             produced = asyncio.run(
                 produce(bs, single_messages(from_spec(spec), single, PARTITIONS))
             )
-            n_single = produced["messages"]
+            n_single = int(produced["messages"])
             step(f"single-event messages: {n_single}; baseline Faust + River")
             common = [
                 "--bootstrap",
