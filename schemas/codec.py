@@ -1,6 +1,8 @@
 """Kafka message values: one event per message, or an envelope of many, as orjson.
 
-An envelope is ``{"schema_version": 1, "kind": "prediction", "events": [...]}``. Decoding a
+An envelope is ``{"schema_version": 1, "kind": "prediction", "count": 2, "events": [...]}``;
+``count`` may be left out, and when present must equal the number of events (an envelope
+assembled wrongly, a list cut short or joined with another's, is rejected whole). Decoding a
 message never raises: it returns the valid events and one :class:`Rejected` per bad part, so
 one bad event in an envelope does not cost the valid ones next to it.
 
@@ -43,8 +45,9 @@ class Decoded:
 
 def encode_envelope(kind: str, events: Iterable[Mapping[str, Any]]) -> bytes:
     """Pack event objects of one kind into one message value."""
+    events = list(events)
     return orjson.dumps(
-        {"schema_version": SCHEMA_VERSION, "kind": kind, "events": list(events)},
+        {"schema_version": SCHEMA_VERSION, "kind": kind, "count": len(events), "events": events},
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
 
@@ -129,6 +132,10 @@ def _envelope_problem(obj: Mapping[str, Any], kind: str) -> str | None:
         return f"envelope schema_version: unsupported {version!r} (this is {SCHEMA_VERSION})"
     if obj.get("kind") != kind:
         return f"envelope kind: {obj.get('kind')!r} on a {kind!r} topic"
-    if not isinstance(obj["events"], list):
+    events = obj["events"]
+    if not isinstance(events, list):
         return "envelope events: expected a list"
+    count = obj.get("count", len(events))
+    if isinstance(count, bool) or not isinstance(count, int | float) or count != len(events):
+        return f"envelope count: says {count!r}, holds {len(events)} events"
     return None

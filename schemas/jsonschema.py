@@ -35,7 +35,8 @@ JSON Schema cannot express these rules exactly; the Python decoders are authorit
    Python rejects them everywhere except as feature values (``metrics`` take them as strings).
 
 An event object must not carry an ``events`` member: the codec reads such a
-message as an envelope.
+message as an envelope. An envelope's ``count``, when present, must equal the number of its
+events: the schema checks only that it is a count.
 """
 
 from __future__ import annotations
@@ -395,6 +396,11 @@ def envelope_schema_for(kind: str) -> Schema:
                 "description": f"Contract version; must be {SCHEMA_VERSION}.",
             },
             "kind": {"const": kind, "description": "The event kind of every event in ``events``."},
+            "count": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "The number of events in ``events``, which it must equal; optional.",
+            },
             "events": {
                 "type": "array",
                 "items": {"$ref": f"{kind}.json"},

@@ -30,6 +30,13 @@ def test_single_event_and_envelope_decode_to_the_same_event() -> None:
     assert list(a.features["emb"]) == [0.1, 0.2]
 
 
+def test_an_envelope_carries_its_count() -> None:
+    envelope = orjson.loads(encode_envelope("prediction", [GOOD, GOOD]))
+    assert envelope["count"] == len(envelope["events"]) == 2
+    del envelope["count"]  # optional: producers in other languages may leave it out
+    assert len(decode_message(orjson.dumps(envelope), "prediction").events) == 2
+
+
 def test_bad_events_in_an_envelope_do_not_cost_the_good_ones() -> None:
     bad = [
         dict(GOOD, event_id=""),
@@ -55,6 +62,14 @@ def test_bad_events_in_an_envelope_do_not_cost_the_good_ones() -> None:
         (b"\xff\xfe", "not valid JSON"),
         (b"[1, 2]", "expected a JSON object, got list"),
         (orjson.dumps({"schema_version": 1, "kind": "label", "events": []}), "envelope kind"),
+        (
+            orjson.dumps({"schema_version": 1, "kind": "prediction", "count": 2, "events": [GOOD]}),
+            "envelope count: says 2, holds 1 events",
+        ),
+        (
+            orjson.dumps({"schema_version": 1, "kind": "prediction", "count": True, "events": []}),
+            "envelope count: says True",
+        ),
         (orjson.dumps({"schema_version": 9, "kind": "prediction", "events": []}), "schema_version"),
         (orjson.dumps(dict(GOOD, task="clustering")), "unknown task type 'clustering'"),
         (orjson.dumps(dict(GOOD, ts="yesterday")), "ts: expected epoch seconds"),

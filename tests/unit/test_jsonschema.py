@@ -777,7 +777,13 @@ def _codec_accepts(kind: str, envelope: Event) -> bool:
 @pytest.mark.parametrize("kind", KINDS)
 def test_envelope_of_valid_events(kind: str) -> None:
     events = [obj for _, obj, valid in CORPUS[kind] if valid][:50]
-    for envelope in (_envelope(kind, events), _envelope(kind, [])):
+    for envelope in (
+        _envelope(kind, events),
+        _envelope(kind, []),
+        _envelope(kind, events, count=len(events)),
+        _envelope(kind, [], count=0),
+        _envelope(kind, events, count=float(len(events))),  # JSON's 3.0 is the integer 3
+    ):
         assert ENVELOPES[kind].is_valid(envelope)
         assert _codec_accepts(kind, envelope)
 
@@ -797,8 +803,17 @@ def test_bad_envelopes(kind: str) -> None:
         _envelope(kind, {"0": BASE[kind]}),
         _envelope(kind, [BASE[kind], invalid_event]),
         _envelope(kind, [BASE[kind], [BASE[kind]]]),
+        _envelope(kind, [BASE[kind]], count=-1),
+        _envelope(kind, [BASE[kind]], count="1"),
+        _envelope(kind, [BASE[kind]], count=1.5),
+        _envelope(kind, [BASE[kind]], count=None),
+        _envelope(kind, [BASE[kind]], count=True),
     ]
     for envelope in bad:
         assert not ENVELOPES[kind].is_valid(envelope), envelope
         assert not _codec_accepts(kind, envelope), envelope
     assert not ENVELOPES[kind].is_valid(_envelope(kind, [BASE[other]]))
+    # what the schema cannot say: the count must equal the number of events
+    short = _envelope(kind, [BASE[kind]], count=2)
+    assert ENVELOPES[kind].is_valid(short)
+    assert not _codec_accepts(kind, short)
