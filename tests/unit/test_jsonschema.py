@@ -118,12 +118,15 @@ def neutralize(kind: str, obj: Event) -> tuple[Event, list[str]]:
         )
         if tags_ok and _segment_key_len(segment) > 4 * MAX_NAME_LEN:
             out["segment"], hits = "", [*hits, "segment-length"]
-    if kind == "prediction" and out.get("task") != "regression":
-        labels = out.get("prediction")
+    # Class labels: a prediction's unless it is a regression, and a label's item ids (a
+    # single label may be a regression target, a number to both sides).
+    field = {"prediction": "prediction", "label": "label"}.get(kind)
+    labels = out.get(field) if field else None
+    if (kind == "prediction" and out.get("task") != "regression") or isinstance(labels, list):
         many = isinstance(labels, list)
         exact = [int(v) if _beyond_2_53(v) else v for v in (labels if many else [labels])]
         if any(_beyond_2_53(v) for v in (labels if many else [labels])):
-            out["prediction"] = exact if many else exact[0]
+            out[field] = exact if many else exact[0]
             hits = [*hits, "class-label-beyond-2**53"]
     # Python is looser than the contract here (True == 1); the schema follows the contract.
     if out.get("schema_version") is True:
@@ -521,6 +524,7 @@ DIFFERENCES: list[tuple[str, str, Event]] = [
     ("integral-float", "training", _with("training", epoch=1.0)),
     ("integral-float", "interaction", _with("interaction", segment={"tier": 2.0})),
     ("class-label-beyond-2**53", "prediction", _with("prediction", prediction=2.0**53)),
+    ("class-label-beyond-2**53", "label", _with("label", label=["a", 2.0**53])),
     ("segment-length", "prediction", _with("prediction", segment={"a": X * (4 * MAX_NAME_LEN)})),
     (
         "segment-length",
