@@ -118,15 +118,15 @@ def neutralize(kind: str, obj: Event) -> tuple[Event, list[str]]:
         )
         if tags_ok and _segment_key_len(segment) > 4 * MAX_NAME_LEN:
             out["segment"], hits = "", [*hits, "segment-length"]
-    # Class labels: a prediction's unless it is a regression, and a label's item ids (a
-    # single label may be a regression target, a number to both sides).
-    field = {"prediction": "prediction", "label": "label"}.get(kind)
-    labels = out.get(field) if field else None
+    # Class labels, in the field named after the kind: a prediction's unless it is a
+    # regression, and a label's item ids (a single label may be a regression target, a number
+    # to both sides).
+    labels = out.get(kind) if kind in ("prediction", "label") else None
     if (kind == "prediction" and out.get("task") != "regression") or isinstance(labels, list):
         many = isinstance(labels, list)
         exact = [int(v) if _beyond_2_53(v) else v for v in (labels if many else [labels])]
         if any(_beyond_2_53(v) for v in (labels if many else [labels])):
-            out[field] = exact if many else exact[0]
+            out[kind] = exact if many else exact[0]
             hits = [*hits, "class-label-beyond-2**53"]
     # Python is looser than the contract here (True == 1); the schema follows the contract.
     if out.get("schema_version") is True:
