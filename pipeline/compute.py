@@ -1,9 +1,9 @@
 """The compute stage's runtime: decode → fold → emit rows → checkpoint → commit.
 
 One :class:`~pipeline.partition.PartitionState` per input partition owned by this worker.
-Messages are acknowledged to Faust only once nothing live needs them: after the rows that
-reflect them were acknowledged by Kafka (acks=all) and the checkpoint naming the new low
-watermark was written. Faust then commits exactly those offsets, so a restarted or
+A partition's commits advance only once nothing live needs the input before them: after the
+rows that reflect it were acknowledged by Kafka (acks=all) and the checkpoint naming the new
+low watermark was written. The consumer then commits exactly that offset, so a restarted or
 rebalanced worker re-reads from the first offset live state needed and rebuilds it.
 """
 
@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, cast
 
 import faust
-from faust.types import TP, Message
+from faust.types import TP
 
 from pipeline.checkpoint import Checkpoint, read_checkpoints
 from pipeline.detection import DetectorStreams
@@ -50,9 +50,6 @@ class ComputeRuntime:
         self.inputs = (topics.predictions, topics.labels)
         self.run_id = run_id
         self.states: dict[int, PartitionState] = {}
-        #: Messages processed and not yet acknowledged, per input partition: only their offsets
-        #: (their payloads are dropped once decoded, as they may wait for minutes of input).
-        self.unacked: dict[TP, deque[Message]] = {}
         self.checkpoints: dict[int, list[Checkpoint]] = {}
         self.written: dict[int, Checkpoint] = {}
         self.restored: set[TP] = set()
@@ -102,11 +99,6 @@ class ComputeRuntime:
             state.add_predictions(message.offset, decoded.events)
         else:
             state.add_labels(message.offset, decoded.events)
-        pending = self.unacked.get(tp)
-        if pending is None:
-            pending = self.unacked[tp] = deque()
-        pending.append(message)
-        message.value = event.value = None
         self.last_offsets[tp] = message.offset
         self._pace(tp.partition, state)
         if self.events_in - self.flushed_at >= self.settings.flush_events:
@@ -228,7 +220,7 @@ class ComputeRuntime:
 
     async def flush(self, open_windows: bool = True) -> None:
         """Emit dead letters and changed windows; once Kafka acknowledged all of them, write
-        the checkpoints and acknowledge what live state released, so Faust commits it.
+        the checkpoints and advance each partition's commits to what live state released.
 
         Runs every ``flush_interval_seconds`` and, from :meth:`process`, after every
         ``flush_events`` input events: catching up on a backlog, a second of input can span
@@ -258,15 +250,17 @@ class ComputeRuntime:
             released.append((partition, state, marks))
         self.outbox.extend(self._counter_messages())
         if not await self._send_outbox():
-            return  # nothing is acknowledged; the outbox is sent again next time
+            return  # no commit advances; the outbox is sent again next time
         released = [r for r in released if self.states.get(r[0]) is r[1]]  # not revoked since
         for partition, state, marks in released:
             self._checkpoint(partition, state, marks)
         if not await self._send_outbox():
             return
+        consumer = cast(BoundedConsumer, self.app.consumer)
         for partition, state, marks in released:
             if self.states.get(partition) is state:
-                self._ack(partition, marks)
+                for topic, mark in marks.items():
+                    consumer.advance(TP(topic, partition), mark.offset)
 
     async def _send_outbox(self) -> bool:
         """Send every queued message and wait for Kafka's acks; on failure keep them queued."""
@@ -316,12 +310,6 @@ class ComputeRuntime:
         self.outbox.append((self.topics.checkpoints, record.encode(), partition, None))
         self.written[partition] = record
 
-    def _ack(self, partition: int, marks: dict[str, Mark]) -> None:
-        for topic, mark in marks.items():
-            pending = self.unacked.get(TP(topic, partition))
-            while pending and pending[0].offset < mark.offset:
-                pending.popleft().ack(self.app.consumer)
-
     def _counter_messages(self) -> list[tuple[str, bytes, int | None, None]]:
         changed = {k: v for k, v in self.counters.items() if self.emitted_counters.get(k) != v}
         if not changed:
@@ -346,7 +334,6 @@ class ComputeRuntime:
         self.revocations += 1
         for tp in tps:
             self.states.pop(tp.partition, None)
-            self.unacked.pop(tp, None)
             self.last_offsets.pop(tp, None)
             self.held.pop(tp.partition, None)
             self.restored.discard(tp)

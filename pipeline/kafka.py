@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any, cast
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -101,6 +101,13 @@ class BoundedConsumer(faust_aiokafka.Consumer):
     :data:`FETCH_MAX_BYTES`, and the pipeline can *hold* a partition, which is then not
     fetched again until it releases it, whatever Faust's own flow control decides meanwhile.
 
+    It commits a partition exactly as far as the pipeline let it (:meth:`advance`), never from
+    Faust's acknowledgements, which are ignored. Faust acknowledges the messages its streams
+    skip (those fetched before a rebalance, and those taken while one runs) as if processed;
+    and it commits an acknowledged offset past an unacknowledged one at the head, always when
+    nothing is committed yet for the partition. Either way a commit went past input that live
+    state still needed, and the next assignment or a restart started after it: lost.
+
     Holding is Faust's buffer-full switch (what was fetched is still delivered; stopping
     with ``pause_partitions`` would drop it), made to stick: Faust lifts that switch
     whenever a stream's buffer drains, which would let a held partition run ahead again.
@@ -116,6 +123,8 @@ class BoundedConsumer(faust_aiokafka.Consumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.held: set[TP] = set()
+        #: Per partition, the offset its next commit may reach (see :meth:`advance`).
+        self.committable: dict[TP, int] = {}
 
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -133,8 +142,28 @@ class BoundedConsumer(faust_aiokafka.Consumer):
         if tp not in self.held:
             super().on_buffer_drop(tp)
 
+    def advance(self, tp: TP, offset: int) -> None:
+        """Let the next commit of ``tp`` reach ``offset``: nothing before it is needed again
+        (what it produced is durable). Offsets only move forward."""
+        if offset > self.committable.get(tp, -1):
+            self.committable[tp] = offset
+
+    def ack(self, message: Message) -> bool:
+        """Ignored: commits follow :meth:`advance` (see the class docstring)."""
+        return False
+
+    def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[TP]:
+        return (
+            tp for tp in self.committable if topics is None or tp in topics or tp.topic in topics
+        )
+
+    def _new_offset(self, tp: TP) -> int | None:
+        return self.committable.get(tp)
+
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.held.difference_update(revoked)
+        for tp in revoked:
+            self.committable.pop(tp, None)
         await super().on_partitions_revoked(revoked)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:

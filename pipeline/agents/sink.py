@@ -8,12 +8,12 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from itertools import chain
-from typing import Any
+from typing import Any, cast
 
 import faust
-from faust.types import Message
+from faust.types import TP
 
-from pipeline.kafka import RawSchema
+from pipeline.kafka import BoundedConsumer, RawSchema
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink, json_rows, redact
 from pipeline.sink.derive import Deriver, WindowRef, window_of
@@ -32,8 +32,8 @@ DERIVED_ROWS_PER_INSERT = 20_000
 
 class SinkRuntime:
     """Batches rows by table and writes them; derives what changed at most every
-    ``derive_interval_seconds`` (at once when input pauses); acknowledges a message only once
-    its rows are inserted and the windows they changed are derived."""
+    ``derive_interval_seconds`` (at once when input pauses); advances a partition's commits
+    past a message only once its rows are inserted and the windows they changed derived."""
 
     def __init__(self, app: faust.App, settings: Settings, topics: Topics, run_id: str) -> None:
         self.app = app
@@ -52,8 +52,9 @@ class SinkRuntime:
         self.stale: dict[str, set[WindowRef]] = {}
         self.new_profiles: dict[str, set[tuple[str, str]]] = {}
         self.stale_since: float | None = None
-        #: Inserted messages (payloads dropped) waiting for the derive that covers them.
-        self.held: list[Message] = []
+        #: Per partition, the offset after the last inserted message, waiting for the derive
+        #: that covers what it changed before commits may reach it.
+        self.held: dict[TP, int] = {}
         #: One ClickHouse step at a time, a batch or a derive; held while one runs or retries.
         self.lock = asyncio.Lock()
 
@@ -196,22 +197,17 @@ class SinkRuntime:
 
     async def write(self, events: list[faust.EventT]) -> None:
         """Insert everything in ``events``; retry with backoff until ClickHouse accepts it.
-        Until then the batch is not acknowledged, so offsets do not move and the stream's
-        bounded buffer stops consumption: nothing piles up in memory. The messages are
-        acknowledged by the derive that covers what they changed (right away if nothing is
-        stale)."""
-        for event in events:
-            event.message.incref()  # Faust's ack when this returns leaves it unacknowledged
+        Until then commits do not move, and the stream's bounded buffer stops consumption:
+        nothing piles up in memory. Commits pass the batch once the derive that covers what it
+        changed ran (right away if nothing is stale)."""
         async with self.lock:
             self.last_input = time.monotonic()
             self.seen_input = True
             await self._retrying(lambda counters: self._insert(events, counters), "write")
             for event in events:
-                message = event.message
-                message.value = event.value = None  # inserted: only the offset is needed
-                self.held.append(message)
-                tp = message.tp
-                self.last_offsets[tp] = max(self.last_offsets.get(tp, -1), message.offset)
+                tp, offset = event.message.tp, event.message.offset
+                self.held[tp] = max(self.held.get(tp, 0), offset + 1)
+                self.last_offsets[tp] = max(self.last_offsets.get(tp, -1), offset)
             if self.stale_since is None or self._derive_due(time.monotonic()):
                 await self._derive_now()
             self.last_input = time.monotonic()
@@ -234,19 +230,18 @@ class SinkRuntime:
                 await self._derive_now()
 
     async def _derive_now(self) -> None:
-        """Derive (with the lock held), then acknowledge every held message."""
+        """Derive (with the lock held), then advance commits past every inserted message."""
         if self.stale_since is not None:
             await self._retrying(self._derive, "derive")
-        consumer = self.app.consumer
-        for message in self.held:
-            message.ack(consumer)
+        consumer = cast(BoundedConsumer, self.app.consumer)
+        for tp, offset in self.held.items():
+            consumer.advance(tp, offset)
         self.held.clear()
 
     def revoke(self, tps: Iterable[Any]) -> None:
-        """Forget held messages of partitions another worker now owns (it re-reads them)."""
-        gone = set(tps)
-        self.held = [m for m in self.held if m.tp not in gone]
-        for tp in gone:
+        """Forget the partitions another worker now owns (it re-reads what is not committed)."""
+        for tp in tps:
+            self.held.pop(tp, None)
             self.last_offsets.pop(tp, None)
 
     def idle(self) -> bool:

@@ -1,8 +1,8 @@
 """The workers' Kafka consumer bounds what it reads ahead: every fetch request, the first
 included, is capped, and a partition the compute stage holds stays out of the fetch set until
-it is released, even when Faust's own flow control would resume it. Its fetch loop is Faust's
-but for how it hands a message over. The workers' producer batches several rows messages per
-partition."""
+it is released, even when Faust's own flow control would resume it. It commits exactly as
+far as the pipeline let it. Its fetch loop is Faust's but for how it hands a message over. The
+workers' producer batches several rows messages per partition."""
 
 from __future__ import annotations
 
@@ -59,6 +59,53 @@ def test_a_revoked_partition_is_no_longer_held(app: faust.App) -> None:
     consumer.hold(LABELS_0)
     asyncio.get_event_loop().run_until_complete(consumer.on_partitions_revoked({LABELS_0}))
     assert consumer.held == set()
+
+
+def _message(tp: TP, offset: int) -> ConsumerMessage:
+    return ConsumerMessage(tp.topic, tp.partition, offset, 0.0, 0, [], None, b"{}", None)
+
+
+def _commit_offsets(consumer: Consumer) -> dict[TP, int]:
+    """What the consumer's next commit would write (Faust's own selection)."""
+    return consumer._filter_committable_offsets(list(consumer._filter_tps_with_pending_acks()))
+
+
+def test_faust_alone_commits_past_an_unacknowledged_first_offset(app: faust.App) -> None:
+    """Why the workers' consumer ignores acknowledgements: Faust's commit skips offset 0 when
+    only offset 1 was acknowledged and nothing is committed yet (a stream skipping a message
+    fetched before a rebalance acknowledges it), and skips the committed offset when only the
+    one after it was. A Faust that no longer does fails this, so the override is looked at
+    again."""
+    consumer = app.consumer
+    consumer._committed_offset[LABELS_0] = None
+    consumer._committed_offset[LABELS_1] = 5
+    for tp, offset in ((LABELS_0, 1), (LABELS_1, 6)):
+        consumer._acked[tp].append(offset)
+        consumer._acked_index[tp].add(offset)
+    assert {tp: Consumer._new_offset(consumer, tp) for tp in (LABELS_0, LABELS_1)} == {
+        LABELS_0: 2,
+        LABELS_1: 7,
+    }
+
+
+def test_commits_go_exactly_as_far_as_the_pipeline_advanced_them(app: faust.App) -> None:
+    consumer = app.consumer
+    assert isinstance(consumer, BoundedConsumer)
+    consumer._committed_offset.update({LABELS_0: None, LABELS_1: 5})
+    message = _message(LABELS_0, 1)
+    message.incref()
+    assert message.ack(consumer) is False  # as a stream acknowledges a message it skipped
+    assert _commit_offsets(consumer) == {}
+
+    consumer.advance(LABELS_0, 4)
+    consumer.advance(LABELS_0, 2)  # never backwards
+    consumer.advance(LABELS_1, 5)  # already committed there
+    assert _commit_offsets(consumer) == {LABELS_0: 4}
+    consumer.advance(LABELS_1, 9)
+    assert _commit_offsets(consumer) == {LABELS_0: 4, LABELS_1: 9}
+
+    asyncio.get_event_loop().run_until_complete(consumer.on_partitions_revoked({LABELS_0}))
+    assert _commit_offsets(consumer) == {LABELS_1: 9}, "a revoked partition commits nothing"
 
 
 def test_even_the_first_fetch_is_capped(app: faust.App) -> None:

@@ -26,8 +26,8 @@ class Consumer:
     def highwater(self, tp: TP) -> int:
         return 0
 
-    def ack(self, message: Any) -> bool:
-        return True
+    def advance(self, tp: TP, offset: int) -> None:
+        pass
 
 
 class Producer:

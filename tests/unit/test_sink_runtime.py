@@ -1,4 +1,4 @@
-"""The sink runtime on a real chDB: a message is acknowledged only once its rows are inserted
+"""The sink runtime on a real chDB: commits pass a message only once its rows are inserted
 and the windows they changed are derived; derives are coalesced while input flows."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
 from pipeline.agents import sink as sink_agent
@@ -25,18 +26,17 @@ from schemas.topics import Topics
 MINUTE = 60_000
 T0 = 1_700_000_040_000
 TOPICS = Topics("sinkrt.")
+METRICS_0 = TP(TOPICS.metrics, 0)
 
 
 class Consumer:
-    """Records what is acknowledged (the offsets Faust would then commit)."""
+    """Records how far the runtime lets each partition's commits go."""
 
     def __init__(self) -> None:
-        self.acked: list[int] = []
+        self.committable: dict[TP, int] = {}
 
-    def ack(self, message: ConsumerMessage) -> bool:
-        message.acked = True
-        self.acked.append(message.offset)
-        return True
+    def advance(self, tp: TP, offset: int) -> None:
+        self.committable[tp] = offset
 
 
 def feature_rows(k: int, seed: int) -> list[dict[str, Any]]:
@@ -60,7 +60,7 @@ def counter_rows() -> list[dict[str, Any]]:
 
 
 class Batches:
-    """Metrics messages as Faust delivers them (one reference held by the stream)."""
+    """Metrics messages as Faust delivers them."""
 
     def __init__(self) -> None:
         self.offset = 0
@@ -72,7 +72,6 @@ class Batches:
             message = ConsumerMessage(
                 TOPICS.metrics, 0, self.offset, time.time(), 0, [], None, value, None
             )
-            message.incref()
             events.append(SimpleNamespace(message=message, value=value))
             self.offset += 1
         return events
@@ -91,13 +90,6 @@ def runtime(chdb_path: Path, name: str, **settings: Any) -> tuple[SinkRuntime, C
         },
     )
     return SinkRuntime(SimpleNamespace(consumer=consumer), s, TOPICS, "t"), consumer  # type: ignore[arg-type]
-
-
-async def write(rt: SinkRuntime, events: list[Any]) -> None:
-    """A batch through the runtime, then Faust's own acknowledgement of it."""
-    await rt.write(events)
-    for event in events:
-        event.message.ack(rt.app.consumer)
 
 
 def drift_windows(rt: SinkRuntime) -> set[int]:
@@ -127,11 +119,11 @@ def test_messages_wait_for_the_derive_that_covers_them(
     batch = Batches()
 
     async def run() -> None:
-        await write(rt, batch(("feature_partials", feature_rows(0, 0))))
-        await write(rt, batch(("feature_partials", feature_rows(1, 1))))
-        await write(rt, batch(("feature_partials", feature_rows(1, 2))))
-        # Inserted, but the windows are not derived yet: nothing is acknowledged.
-        assert consumer.acked == [] and derive_calls == [] and not rt.idle()
+        await rt.write(batch(("feature_partials", feature_rows(0, 0))))
+        await rt.write(batch(("feature_partials", feature_rows(1, 1))))
+        await rt.write(batch(("feature_partials", feature_rows(1, 2))))
+        # Inserted, but the windows are not derived yet: commits do not advance.
+        assert consumer.committable == {} and derive_calls == [] and not rt.idle()
         await rt.derive_if_due()  # input flowing, interval not over: still waits
         assert derive_calls == []
         rt.last_input -= rt.settings.sink_batch_seconds  # the input paused
@@ -141,7 +133,7 @@ def test_messages_wait_for_the_derive_that_covers_them(
     assert len(derive_calls) == 1  # both windows, window 1 once for its two partials
     assert {w[3] for w in derive_calls[0]} == {T0, T0 + MINUTE}
     assert drift_windows(rt) == {T0 + MINUTE}  # window 0 is window 1's reference
-    assert consumer.acked == [0, 1, 2] and rt.idle()
+    assert consumer.committable == {METRICS_0: 3} and rt.idle()
 
 
 def test_a_derive_is_due_after_the_interval_even_while_input_flows(
@@ -151,22 +143,22 @@ def test_a_derive_is_due_after_the_interval_even_while_input_flows(
     batch = Batches()
 
     async def run() -> None:
-        await write(rt, batch(("feature_partials", feature_rows(0, 0))))
+        await rt.write(batch(("feature_partials", feature_rows(0, 0))))
         assert derive_calls == []
         await asyncio.sleep(0.35)
-        await write(rt, batch(("feature_partials", feature_rows(1, 0))))  # derives both
+        await rt.write(batch(("feature_partials", feature_rows(1, 0))))  # derives both
 
     asyncio.run(run())
     assert [len(c) for c in derive_calls] == [2]
-    assert consumer.acked == [0, 1]
+    assert consumer.committable == {METRICS_0: 2}
 
 
-def test_batches_that_change_no_window_are_acknowledged_at_once(
+def test_batches_that_change_no_window_are_committable_at_once(
     chdb_path: Path, derive_calls: list[set[Any]]
 ) -> None:
     rt, consumer = runtime(chdb_path, "none")
-    asyncio.run(write(rt, Batches()(("pipeline_counters", counter_rows()))))
-    assert consumer.acked == [0] and derive_calls == [] and rt.idle()
+    asyncio.run(rt.write(Batches()(("pipeline_counters", counter_rows()))))
+    assert consumer.committable == {METRICS_0: 1} and derive_calls == [] and rt.idle()
 
 
 def test_interval_zero_derives_after_every_batch(
@@ -176,25 +168,25 @@ def test_interval_zero_derives_after_every_batch(
     batch = Batches()
 
     async def run() -> None:
-        await write(rt, batch(("feature_partials", feature_rows(0, 0))))
-        await write(rt, batch(("feature_partials", feature_rows(1, 0))))
+        await rt.write(batch(("feature_partials", feature_rows(0, 0))))
+        await rt.write(batch(("feature_partials", feature_rows(1, 0))))
 
     asyncio.run(run())
-    assert len(derive_calls) == 2 and consumer.acked == [0, 1]
+    assert len(derive_calls) == 2 and consumer.committable == {METRICS_0: 2}
 
 
-def test_a_revoked_partition_is_not_acknowledged(chdb_path: Path) -> None:
+def test_a_revoked_partition_s_commits_do_not_advance(chdb_path: Path) -> None:
     rt, consumer = runtime(chdb_path, "revoke", derive_interval_seconds=60)
 
     async def run() -> None:
         events = Batches()(("feature_partials", feature_rows(0, 0)))
-        await write(rt, events)
+        await rt.write(events)
         rt.revoke({events[0].message.tp})
         rt.last_input -= rt.settings.sink_batch_seconds
         await rt.derive_if_due()
 
     asyncio.run(run())
-    assert consumer.acked == [] and rt.idle()
+    assert consumer.committable == {} and rt.idle()
 
 
 @pytest.mark.parametrize("bound", [30, sink_agent.DERIVED_ROWS_PER_INSERT])
@@ -216,7 +208,7 @@ def test_derived_rows_are_inserted_in_bounded_batches(
     rt, consumer = runtime(chdb_path, f"bounded{bound}", derive_interval_seconds=60)
 
     async def run() -> None:
-        await write(rt, Batches()(*(("feature_partials", feature_rows(k, 0)) for k in range(12))))
+        await rt.write(Batches()(*(("feature_partials", feature_rows(k, 0)) for k in range(12))))
         rt.last_input -= rt.settings.sink_batch_seconds
         await rt.derive_if_due()
 
@@ -226,4 +218,4 @@ def test_derived_rows_are_inserted_in_bounded_batches(
     assert len(inserts) == (1 if bound > sum(inserts) else 2)
     assert max(inserts) < bound + CHUNK_STARTS * per_window
     assert drift_windows(rt) == {T0 + k * MINUTE for k in range(1, 12)}
-    assert consumer.acked == list(range(12)) and rt.idle()
+    assert consumer.committable == {METRICS_0: 12} and rt.idle()
