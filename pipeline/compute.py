@@ -26,7 +26,7 @@ from pipeline.kafka import BoundedConsumer
 from pipeline.partition import PartitionState
 from pipeline.settings import Settings
 from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
-from pipeline.windows import Mark
+from pipeline.windows import NEVER, Mark
 from schemas.codec import Rejected, decode_message
 from schemas.rows import MAX_ROWS_MESSAGE_BYTES, encode_bounded, encode_rows
 from schemas.topics import Topics
@@ -66,7 +66,13 @@ class ComputeRuntime:
         self.flushed_at = 0  # events_in when the last flush began
         self.flushing = asyncio.Lock()
         self.last_offsets: dict[TP, int] = {}  # the last offset processed, per partition
-        self.held: dict[int, TP] = {}  # the topic held because it leads, per partition
+        self.held: set[TP] = set()  # input topic-partitions held because they lead
+        #: What makes a message look at the pacing again (:meth:`_pace`, also at every
+        #: flush): its topic-partition's position passing ``pace_limit``, or the slowest
+        #: one with unread messages (``pace_floor``) reaching ``pace_release``.
+        self.pace_limit = NEVER
+        self.pace_floor: TP | None = None
+        self.pace_release = -NEVER
         self.lead_ms = 1000 * (
             settings.window_seconds + settings.label_ttl_seconds + settings.lateness_seconds
         )
@@ -100,7 +106,9 @@ class ComputeRuntime:
         else:
             state.add_labels(message.offset, decoded.events)
         self.last_offsets[tp] = message.offset
-        self._pace(tp.partition, state)
+        position = (state.pred_wm if kind == "prediction" else state.label_wm).max_ts
+        if position > self.pace_limit or (tp == self.pace_floor and position >= self.pace_release):
+            self._pace()
         if self.events_in - self.flushed_at >= self.settings.flush_events:
             # What is read while it waits for acks stays bounded too. Windows still filling
             # are left to the timer's flush: emitting them at every flush of a backlog
@@ -110,36 +118,34 @@ class ComputeRuntime:
             self.yielded_at = self.last_input
             await asyncio.sleep(0)  # let the flush timer and commits run
 
-    def _pace(self, partition: int, state: PartitionState) -> None:
-        """Keep a partition's two topics within ``lead_ms`` of event time of each other.
+    def _pace(self) -> None:
+        """Keep this worker's input topic-partitions within ``lead_ms`` of event time of each
+        other.
 
-        Faust reads topics by bytes, not by time: with a backlog it runs far ahead in one
-        topic (labels are small), and everything read ahead waits in memory for the other.
-        So the topic that leads is held while the other has unread messages, and released
-        once the other caught up in event time or has nothing left (checked after every
-        message and at every flush). What joins does not depend on this (the join follows
-        event time); only memory does.
+        Faust reads by bytes, not by time: catching up on a backlog, it runs far ahead in some
+        topic-partitions (labels are small; partitions come in fetches of their own). What is
+        read ahead of the rest waits in memory for it, and a window's rows come out one
+        partition at a time, minutes apart, each time making the sink derive the window's
+        drift again. So a topic-partition whose position (the latest event time read) leads
+        the slowest one with unread messages by more than ``lead_ms`` is held, and released
+        once that one caught up or has nothing left. What joins does not depend on this (the
+        join follows event time); only memory and when rows come out do.
         """
-        lead = state.label_wm.max_ts - state.pred_wm.max_ts
-        if -self.lead_ms <= lead <= self.lead_ms and partition not in self.held:
-            return  # the usual case, on the per-message path
-        pred_tp = TP(self.topics.predictions, partition)
-        label_tp = TP(self.topics.labels, partition)
-        if lead > self.lead_ms and self._behind(pred_tp):
-            ahead = label_tp
-        elif -lead > self.lead_ms and self._behind(label_tp):
-            ahead = pred_tp
-        else:
-            ahead = None
+        positions: dict[TP, int] = {}
+        for partition, state in self.states.items():
+            positions[TP(self.topics.predictions, partition)] = state.pred_wm.max_ts
+            positions[TP(self.topics.labels, partition)] = state.label_wm.max_ts
+        behind = [(position, tp) for tp, position in positions.items() if self._behind(tp)]
+        floor, self.pace_floor = min(behind) if behind else (-NEVER, None)
+        self.pace_limit = floor + self.lead_ms
+        ahead = {tp for tp, position in positions.items() if position > self.pace_limit}
         consumer = cast(BoundedConsumer, self.app.consumer)
-        was = self.held.get(partition)
-        if was is not None and was != ahead:
-            consumer.release(was)
-        if ahead is not None:
-            consumer.hold(ahead)
-            self.held[partition] = ahead
-        else:
-            self.held.pop(partition, None)
+        for tp in self.held - ahead:
+            consumer.release(tp)
+        for tp in ahead:
+            consumer.hold(tp)  # again every time: a rebalance makes it active again
+        self.held = ahead
+        self.pace_release = min((positions[tp] for tp in ahead), default=-NEVER) - self.lead_ms
 
     def _behind(self, tp: TP) -> bool:
         """The broker has messages of ``tp`` this worker has not processed yet, or may have:
@@ -232,8 +238,8 @@ class ComputeRuntime:
 
     async def _flush(self, open_windows: bool) -> None:
         released: list[tuple[int, PartitionState, dict[str, Mark]]] = []
+        self._pace()  # also when a topic-partition has nothing left to read
         for partition, state in list(self.states.items()):
-            self._pace(partition, state)  # also when the other topic has nothing left to read
             rows = state.flush(open_windows)
             for table, batch in rows.by_table():
                 # A partition's rows stay in order (see Rows.by_table).
@@ -335,7 +341,7 @@ class ComputeRuntime:
         for tp in tps:
             self.states.pop(tp.partition, None)
             self.last_offsets.pop(tp, None)
-            self.held.pop(tp.partition, None)
+            self.held.discard(tp)
             self.restored.discard(tp)
             self.checkpoints.pop(tp.partition, None)
             self.written.pop(tp.partition, None)

@@ -1,6 +1,6 @@
 """The compute runtime shares the event loop: a long run of buffered messages does not hold
-back the flush timer; and it flushes by itself after every ``flush_events`` input events, one
-flush at a time."""
+back the flush timer; it flushes by itself after every ``flush_events`` input events, one
+flush at a time; and it holds a topic-partition that runs ahead of the rest in event time."""
 
 from __future__ import annotations
 
@@ -48,32 +48,56 @@ class Producer:
         return ack
 
 
-def runtime_with(producer: Producer, **overrides: Any) -> ComputeRuntime:
+class PacedConsumer(Consumer):
+    """High watermarks as the test sets them; keeps the topic-partitions the runtime holds."""
+
+    def __init__(self, highwaters: dict[TP, int]) -> None:
+        self.highwaters = highwaters
+        self.held: set[TP] = set()
+
+    def highwater(self, tp: TP) -> int:
+        return self.highwaters[tp]
+
+    def hold(self, tp: TP) -> None:
+        self.held.add(tp)
+
+    def release(self, tp: TP) -> None:
+        self.held.discard(tp)
+
+
+def runtime_with(
+    producer: Producer, consumer: Consumer | None = None, **overrides: Any
+) -> ComputeRuntime:
     settings = Settings.load(env={}, overrides={"topic_prefix": TOPICS.prefix, **overrides})
-    app = SimpleNamespace(consumer=Consumer(), producer=producer)
+    app = SimpleNamespace(consumer=consumer or Consumer(), producer=producer)
     runtime = ComputeRuntime(app, settings, TOPICS, "t")  # type: ignore[arg-type]
-    runtime.checkpoints[0] = []  # a first start: no checkpoint topic to read
+    for partition in range(settings.partitions):
+        runtime.checkpoints[partition] = []  # a first start: no checkpoint topic to read
     producer.runtime = runtime
     return runtime
 
 
+def prediction(partition: int, offset: int, ts: float) -> Any:
+    """The message at ``offset`` of a partition of the predictions topic: one prediction."""
+    value = orjson.dumps(
+        {
+            "event_id": f"e{partition}-{offset}",
+            "model": "m",
+            "ts": ts,
+            "task": "binary",
+            "prediction": "1",
+            "score": 0.75,
+            "features": {"x": float(offset), "y": "a"},
+        }
+    )
+    message = ConsumerMessage(
+        TOPICS.predictions, partition, offset, time.time(), 0, [], None, value, None
+    )
+    return SimpleNamespace(message=message, value=value)
+
+
 def predictions(n: int) -> list[Any]:
-    events = []
-    for i in range(n):
-        value = orjson.dumps(
-            {
-                "event_id": f"e{i}",
-                "model": "m",
-                "ts": 1_700_000_000 + i / 1000,
-                "task": "binary",
-                "prediction": "1",
-                "score": 0.75,
-                "features": {"x": float(i), "y": "a"},
-            }
-        )
-        message = ConsumerMessage(TOPICS.predictions, 0, i, time.time(), 0, [], None, value, None)
-        events.append(SimpleNamespace(message=message, value=value))
-    return events
+    return [prediction(0, i, 1_700_000_000 + i / 1000) for i in range(n)]
 
 
 def test_a_long_run_of_messages_yields_to_the_loop() -> None:
@@ -147,3 +171,41 @@ def test_the_timer_and_the_input_never_flush_at_once() -> None:
     asyncio.run(run())
     assert flushes[0] > 6  # the input's six and the timer's
     assert overlaps[0] == 1
+
+
+def test_a_topic_partition_ahead_in_event_time_is_held_until_the_rest_catch_up() -> None:
+    preds = [TP(TOPICS.predictions, p) for p in (0, 1)]
+    labels = [TP(TOPICS.labels, p) for p in (0, 1)]
+    consumer = PacedConsumer({preds[0]: 10, preds[1]: 10, labels[0]: 0, labels[1]: 0})
+    runtime = runtime_with(
+        Producer(),
+        consumer,
+        partitions=2,
+        window_seconds=10,
+        label_ttl_seconds=10,
+        lateness_seconds=2,
+    )
+    lead = runtime.lead_ms / 1000  # window + ttl + lateness: 22 s
+    t0 = 1_700_000_000.0
+    held: list[set[TP]] = []
+
+    async def read(partition: int, offset: int, ts: float) -> None:
+        await runtime.process(prediction(partition, offset, ts))
+        held.append(set(consumer.held))
+
+    async def run() -> None:
+        await read(0, 0, t0)
+        await read(1, 0, t0 + lead + 5)  # leads partition 0, which has unread messages
+        await read(1, 1, t0 + lead + 6)  # what was fetched already still comes
+        await read(0, 1, t0 + 5)  # 1 s short of catching up
+        await read(0, 2, t0 + 6)  # caught up: within lead of partition 1
+        await read(1, 2, t0 + 3 * lead)  # far ahead again
+        await read(0, 3, t0 + 7)
+        consumer.highwaters[preds[0]] = 4  # partition 0 has nothing more to read
+        await runtime.flush()
+        held.append(set(consumer.held))
+
+    asyncio.run(run())
+    p1 = {preds[1]}
+    assert held == [set(), p1, p1, p1, set(), p1, p1, set()]
+    assert runtime.events_in == 7  # held is not dropped: everything read was processed
