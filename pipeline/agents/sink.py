@@ -307,6 +307,9 @@ def register(app: faust.App, runtime: SinkRuntime) -> None:
             settings.sink_batch_messages, settings.sink_batch_seconds
         ):
             await runtime.write(events)
+            # Faust yields a copy of its buffer: kept bound here, a written batch would stay
+            # in memory while the next one fills (about 10 MiB of a catching-up sink's peak).
+            del events
 
     @app.task
     async def derive() -> None:
