@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import re
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import SimpleNamespace
 
 import faust
@@ -146,9 +146,17 @@ def _statements(source: str) -> str:
     return ast.dump(ast.Module(body=body, type_ignores=[]))
 
 
-def test_the_fetch_loop_is_fausts_but_for_the_hand_over_and_the_read_offset() -> None:
+def test_the_fetch_loop_is_fausts_but_for_the_hand_over_the_read_offset_and_acks() -> None:
     """A Faust upgrade that changes its loop fails this, so that the copy is looked at again."""
     faust_loop = textwrap.dedent(inspect.getsource(Consumer._drain_messages))
+    bookkeeping = re.compile(
+        r"\n\s*commit_every = self\._commit_every"
+        r"\n\s*acks_enabled_for = self\.app\.topics\.acks_enabled_for"
+        r"|\n\s*gap = offset - \(r_offset or 0\)\n.*?await self\.commit\(\)",
+        re.S,
+    )
+    assert len(bookkeeping.findall(faust_loop)) == 2, "Faust's acknowledgement bookkeeping changed"
+    faust_loop = bookkeeping.sub("", faust_loop)
     hand_over = re.compile(
         r"await self\.wait_first\(\s*callback\(message\), self\.suspend_flow\.wait\(\)\s*\)"
         r"\n(\s*)set_read_offset\(tp, offset\)"
@@ -202,3 +210,38 @@ def test_the_producer_batches_rows_messages(app: faust.App) -> None:
     waited for one broker round trip per message of a partition."""
     assert app.conf.producer_max_batch_size >= 2 * MAX_ROWS_MESSAGE_BYTES
     assert app.conf.producer_max_request_size > app.conf.producer_max_batch_size
+
+
+def _read_across_a_gap(app: faust.App, loop: Callable[..., Awaitable[None]]) -> list[int]:
+    """Run ``loop`` (a fetch loop) over offsets 5 and 9 of LABELS_0, read through offset 3;
+    the offsets delivered."""
+    consumer = app.consumer
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    consumer._read_offset[LABELS_0] = 3
+    delivered: list[int] = []
+
+    async def getmany(timeout: float) -> AsyncIterator[tuple[TP, ConsumerMessage]]:
+        for offset in (5, 9):
+            yield LABELS_0, _message(LABELS_0, offset)
+        fetcher._stopped.set()
+
+    async def deliver(message: ConsumerMessage) -> None:
+        delivered.append(message.offset)
+
+    consumer.getmany = getmany  # type: ignore[method-assign]
+    consumer.callback = deliver  # type: ignore[method-assign]
+    asyncio.get_event_loop().run_until_complete(loop(consumer, fetcher))
+    return delivered
+
+
+def test_offset_gaps_are_not_recorded_for_acknowledgements_that_count_for_nothing(
+    app: faust.App,
+) -> None:
+    """For a topic whose stream acknowledges, Faust's loop records every gap in its offsets
+    (transaction markers leave one per transaction) for its acknowledgement bookkeeping;
+    nothing would ever read them again."""
+    app.topics.acking_topics.add(LABELS_0.topic)  # as for the sink's input, whose stream acks
+    assert _read_across_a_gap(app, Consumer._drain_messages) == [5, 9]
+    assert app.consumer._gap.pop(LABELS_0), "Faust's own loop records the gaps"
+    assert _read_across_a_gap(app, BoundedConsumer._drain_messages) == [5, 9]
+    assert not app.consumer._gap.get(LABELS_0)
