@@ -58,6 +58,8 @@ class _Message:
     offset: int
     value: bytes | None
     tp: TP
+    timestamp: float | None = None  # Kafka's, in seconds: none, so no event is future-dated
+    headers: list[tuple[str, bytes]] | None = None
 
 
 @dataclass(slots=True)

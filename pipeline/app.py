@@ -135,24 +135,30 @@ def _register_idle_exit(
             and quiet
             and not busy
             and (compute is None or compute.idle())
-            and caught_up(app.consumer, runtimes)
+            and await caught_up(app.consumer, runtimes)
         ):
             log.info("no input for %.0fs and nothing unwritten: stopping", seconds)
             os.kill(os.getpid(), signal.SIGTERM)
 
 
-def caught_up(
+async def caught_up(
     consumer: ConsumerT, runtimes: Sequence[ComputeRuntime | sink_agent.SinkRuntime]
 ) -> bool:
     """Every assigned input partition of ``runtimes`` was processed up to the broker's high
-    watermark, which is known only from a fetch answered since the last assignment."""
+    watermark, which is known only from a fetch answered since the last assignment. A
+    partition nothing was processed from since then is caught up if the consumer's position
+    (where it started, the committed offset, when it read nothing) is there already."""
     inputs = {topic for r in runtimes for topic in r.inputs}
     done = {tp: o for r in runtimes for tp, o in r.last_offsets.items()}
     for tp in consumer.assignment():
         if tp.topic not in inputs:
             continue
         high = consumer.highwater(tp)
-        if high is None or done.get(tp, -1) + 1 < high:
+        if high is None:
+            return False
+        last = done.get(tp)
+        next_offset = last + 1 if last is not None else await consumer.position(tp)
+        if next_offset is None or next_offset < high:
             return False
     return True
 

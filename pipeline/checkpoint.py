@@ -28,8 +28,10 @@ from pipeline.windows import Mark
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Marks by input topic for one partition, and the partition's detector state there: the
-    current ones and the previous ones; and the last window start evicted when it was written
-    (events of it or earlier that are re-read after a restart were folded already)."""
+    current ones and the previous ones; the last window start evicted when it was written
+    (events of it or earlier that are re-read after a restart were folded already); and, by
+    input topic, the offset before which every message was read and its misrouted events
+    re-routed (sent and acknowledged) when it was written."""
 
     partition: int
     current: Mapping[str, Mark]
@@ -37,6 +39,7 @@ class Checkpoint:
     state: Mapping[str, Any] = field(default_factory=dict)
     previous_state: Mapping[str, Any] = field(default_factory=dict)
     evicted_through: int | None = None
+    read: Mapping[str, int] = field(default_factory=dict)
 
     def find(self, topic: str, offset: int) -> tuple[Mark, Mapping[str, Any]] | None:
         """The mark of ``topic`` at ``offset`` and the state saved with it, if recorded."""
@@ -55,6 +58,7 @@ class Checkpoint:
                 "state": self.state,
                 "previous_state": self.previous_state,
                 "evicted_through": self.evicted_through,
+                "read": dict(self.read),
             }
         )
 
@@ -68,6 +72,7 @@ class Checkpoint:
             obj.get("state", {}),
             obj.get("previous_state", {}),
             obj.get("evicted_through"),
+            obj.get("read", {}),
         )
 
 

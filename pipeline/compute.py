@@ -14,7 +14,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterable
-from typing import Any, cast
+from typing import cast
 
 import faust
 from faust.types import TP
@@ -22,12 +22,12 @@ from faust.types import TP
 from pipeline.checkpoint import Checkpoint, read_checkpoints
 from pipeline.detection import DetectorStreams
 from pipeline.estimators.detectors import river_classes
+from pipeline.fold import Folder, InputMessage, is_rerouted
 from pipeline.kafka import BoundedConsumer
 from pipeline.partition import PartitionState
+from pipeline.ratelog import RateLimitedCounts
 from pipeline.settings import Settings
-from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
 from pipeline.windows import NEVER, Mark
-from schemas.codec import Rejected, decode_message
 from schemas.rows import MAX_ROWS_MESSAGE_BYTES, encode_bounded, encode_rows
 from schemas.topics import Topics
 
@@ -37,7 +37,10 @@ log = logging.getLogger(__name__)
 #: envelopes: seconds of work), which would hold back the flush timer and offset commits;
 #: so processing yields to the loop at least this often.
 YIELD_SECONDS = 0.01
-_VALID = {"prediction": "predictions_valid", "label": "labels_valid"}  # counter per kind
+#: Shortest time between two log lines that sum up dead letters, and re-routed events.
+REPORT_SECONDS = 60.0
+#: A queued message: topic, value, partition, headers, Kafka timestamp (ms) or None.
+Outgoing = tuple[str, bytes, int | None, dict[str, bytes] | None, int | None]
 
 
 class ComputeRuntime:
@@ -54,10 +57,25 @@ class ComputeRuntime:
         self.written: dict[int, Checkpoint] = {}
         self.restored: set[TP] = set()
         self.revocations = 0  # rebalances that took partitions away, so far
-        self.counters: Counter[tuple[int, str]] = Counter()
+        self.folder = Folder(settings, reroute=True)
+        self.counters: Counter[tuple[int, str]] = self.folder.counters
         self.emitted_counters: dict[tuple[int, str], int] = {}
         self.counter_version = 0
-        self.outbox: list[tuple[str, bytes, int | None, dict[str, bytes] | None]] = []
+        self.outbox: list[Outgoing] = []
+        self.dead_letter_log = RateLimitedCounts(
+            log,
+            REPORT_SECONDS,
+            "dead-lettered %(total)d events in %(seconds).0fs, by reason: %(counts)s"
+            " (SELECT reason, detail FROM dead_letters)",
+        )
+        self.reroute_log = RateLimitedCounts(
+            log,
+            REPORT_SECONDS,
+            "re-routed %(total)d events in %(seconds).0fs that arrived on another partition"
+            " than murmur2(event_id) %% partitions, Kafka's default partitioner, puts them in"
+            " (%(counts)s): their producers' partitioner differs (librdkafka clients:"
+            " set partitioner=murmur2_random; see the README, 'Sending events')",
+        )
         self.first_input: float | None = None
         self.last_input = time.monotonic()
         self.seen_input = False
@@ -94,17 +112,36 @@ class ComputeRuntime:
             if state is None:
                 return  # revoked while restoring: whoever owns it now re-reads the message
         kind = self.topics.kind_of(tp.topic)
-        decoded = decode_message(message.value, kind, self.settings.max_message_bytes)
-        for rejected in decoded.rejected:
-            self._dead_letter(message, rejected)
-        counters = self.counters
-        counters[(tp.partition, _VALID[kind])] += len(decoded.events)
-        counters[(tp.partition, "dead_letters")] += len(decoded.rejected)
-        self.events_in += len(decoded.events) + len(decoded.rejected)
-        if kind == "prediction":
-            state.add_predictions(message.offset, decoded.events)
-        else:
-            state.add_labels(message.offset, decoded.events)
+        stamp = message.timestamp
+        folded = self.folder.fold(
+            InputMessage(
+                kind,
+                tp.topic,
+                tp.partition,
+                message.offset,
+                message.value,
+                round(stamp * 1000) if stamp is not None and stamp >= 0 else None,
+                rerouted=is_rerouted(message.headers),
+            ),
+            state,
+        )
+        for dead in folded.dead_letters:
+            self.outbox.append(
+                (self.topics.deadletter, dead.value, tp.partition, dead.headers(), None)
+            )
+            self.dead_letter_log.add(dead.reason)
+        for reroute in folded.reroutes:
+            self.outbox.append(
+                (
+                    reroute.topic,
+                    reroute.value,
+                    reroute.partition,
+                    reroute.headers,
+                    reroute.timestamp_ms,
+                )
+            )
+            self.reroute_log.add(f"{kind}s to partition {reroute.partition}", reroute.count)
+        self.events_in += folded.events
         self.last_offsets[tp] = message.offset
         position = (state.pred_wm if kind == "prediction" else state.label_wm).max_ts
         if position > self.pace_limit or (tp == self.pace_floor and position >= self.pace_release):
@@ -183,6 +220,8 @@ class ComputeRuntime:
             last = self.written.get(partition)
             if last is not None:  # every window evicted by then was emitted whole
                 state.evicted_through = last.evicted_through
+                for topic, read_to in last.read.items():
+                    self.folder.rerouted_before[(topic, partition)] = read_to
         self.restored.add(tp)
         found = next(
             (f for c in reversed(self.checkpoints[partition]) if (f := c.find(tp.topic, offset))),
@@ -207,21 +246,6 @@ class ComputeRuntime:
             )
         return state
 
-    def _dead_letter(self, message: Any, rejected: Rejected) -> None:
-        raw = rejected.raw
-        headers = {
-            "reason": rejected.reason.encode(),
-            "source_topic": message.topic.encode(),
-            "source_partition": str(message.partition).encode(),
-            "source_offset": str(message.offset).encode(),
-            "event_index": str(rejected.index).encode(),
-            "raw_size": str(len(raw)).encode(),
-            "received_at": str(int(time.time() * 1000)).encode(),
-        }
-        self.outbox.append(
-            (self.topics.deadletter, raw[:DEAD_LETTER_RAW_BYTES], message.partition, headers)
-        )
-
     # --- output ---------------------------------------------------------------------------
 
     async def flush(self, open_windows: bool = True) -> None:
@@ -237,33 +261,44 @@ class ComputeRuntime:
             await self._flush(open_windows)
 
     async def _flush(self, open_windows: bool) -> None:
-        released: list[tuple[int, PartitionState, dict[str, Mark]]] = []
+        self.dead_letter_log.tick()
+        self.reroute_log.tick()
+        released: list[tuple[int, PartitionState, dict[str, Mark], dict[str, int]]] = []
         self._pace()  # also when a topic-partition has nothing left to read
         for partition, state in list(self.states.items()):
             rows = state.flush(open_windows)
             for table, batch in rows.by_table():
                 # A partition's rows stay in order (see Rows.by_table).
                 for value in encode_bounded(table, batch, MAX_ROWS_MESSAGE_BYTES):
-                    self.outbox.append((self.topics.metrics, value, partition, None))
-            for name, value in state.counters.items():
-                self.counters[(partition, name)] = value
+                    self.outbox.append((self.topics.metrics, value, partition, None, None))
+            for name, count in state.counters.items():
+                self.counters[(partition, name)] = count
             pred_mark, label_mark = state.low_watermarks()
             marks = {
                 t: m
                 for t, m in ((self.topics.predictions, pred_mark), (self.topics.labels, label_mark))
                 if m is not None
             }
-            released.append((partition, state, marks))
+            # Everything read before these offsets had its re-routes queued by now.
+            read = {
+                t: m.offset
+                for t, m in (
+                    (self.topics.predictions, state.next_pred),
+                    (self.topics.labels, state.next_label),
+                )
+                if m is not None
+            }
+            released.append((partition, state, marks, read))
         self.outbox.extend(self._counter_messages())
         if not await self._send_outbox():
             return  # no commit advances; the outbox is sent again next time
         released = [r for r in released if self.states.get(r[0]) is r[1]]  # not revoked since
-        for partition, state, marks in released:
-            self._checkpoint(partition, state, marks)
+        for partition, state, marks, read in released:
+            self._checkpoint(partition, state, marks, read)
         if not await self._send_outbox():
             return
         consumer = cast(BoundedConsumer, self.app.consumer)
-        for partition, state, marks in released:
+        for partition, state, marks, _ in released:
             if self.states.get(partition) is state:
                 for topic, mark in marks.items():
                     consumer.advance(TP(topic, partition), mark.offset)
@@ -279,10 +314,11 @@ class ComputeRuntime:
                     key=None,
                     value=value,
                     partition=partition,
-                    timestamp=None,
+                    # seconds, which Faust turns back into milliseconds by truncation
+                    timestamp=None if stamp is None else (stamp + 0.5) / 1000,
                     headers=headers,
                 )
-                for topic, value, partition, headers in outbox
+                for topic, value, partition, headers, stamp in outbox
             ]
             await asyncio.gather(*acks)
             return True
@@ -293,11 +329,15 @@ class ComputeRuntime:
             self.outbox = outbox + self.outbox
             return False
 
-    def _checkpoint(self, partition: int, state: PartitionState, marks: dict[str, Mark]) -> None:
+    def _checkpoint(
+        self, partition: int, state: PartitionState, marks: dict[str, Mark], read: dict[str, int]
+    ) -> None:
         """Queue a checkpoint record if the positions or the eviction horizon moved since the
         last one. The detector state may be older than the positions' last move: re-fed from
         there, the detectors replay the same items in the same order, so any saved state is a
-        valid start."""
+        valid start. ``read`` says how far the partition's re-routes are sent: a restart
+        re-sends only those of messages after it (at most a window's worth, as records are
+        written when the oldest window's state is dropped)."""
         last = self.written.get(partition)
         if (
             last is not None
@@ -312,11 +352,12 @@ class ComputeRuntime:
             state.detectors.to_state(),
             dict(last.state) if last else {},
             state.evicted_through,
+            read,
         )
-        self.outbox.append((self.topics.checkpoints, record.encode(), partition, None))
+        self.outbox.append((self.topics.checkpoints, record.encode(), partition, None, None))
         self.written[partition] = record
 
-    def _counter_messages(self) -> list[tuple[str, bytes, int | None, None]]:
+    def _counter_messages(self) -> list[Outgoing]:
         changed = {k: v for k, v in self.counters.items() if self.emitted_counters.get(k) != v}
         if not changed:
             return []
@@ -333,12 +374,13 @@ class ComputeRuntime:
             }
             for (p, name), value in changed.items()
         ]
-        return [(self.topics.metrics, encode_rows("pipeline_counters", rows), None, None)]
+        return [(self.topics.metrics, encode_rows("pipeline_counters", rows), None, None, None)]
 
     def revoke(self, tps: Iterable[TP]) -> None:
         """Forget partitions another worker now owns; it rebuilds them from the checkpoint."""
         self.revocations += 1
         for tp in tps:
+            self.folder.rerouted_before.pop((tp.topic, tp.partition), None)
             self.states.pop(tp.partition, None)
             self.last_offsets.pop(tp, None)
             self.held.discard(tp)

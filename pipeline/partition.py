@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,7 @@ from pipeline.estimators.classification import ClassificationWindow
 from pipeline.estimators.features import FeatureWindow
 from pipeline.settings import Settings
 from pipeline.windows import NEVER, Mark, Watermark
+from schemas.deadletter import EVENT_ID_CONFLICT
 from schemas.events import CLASSIFICATION_TASKS, Label, Prediction
 
 WindowKey = tuple[str, str, str, int]  # model, model_version, segment, window_start
@@ -55,7 +57,12 @@ class _Pred:
 class _Label:
     ts_ms: int
     label: Any
+    model: str | None  # the model the label source named, if it named one
     open: bool = True
+
+
+#: (index in the batch, reason, detail) of an event a partition refused to fold.
+Refused = tuple[int, str, str]
 
 
 @dataclass(slots=True)
@@ -233,12 +240,28 @@ class PartitionState:
 
     # --- input ----------------------------------------------------------------------------
 
-    def add_predictions(self, offset: int, preds: Sequence[Prediction]) -> None:
-        """Fold the predictions of the message at ``offset`` of the predictions topic."""
+    def add_predictions(
+        self,
+        offset: int,
+        preds: Sequence[Prediction],
+        elsewhere: AbstractSet[int] = frozenset(),
+        foreign: bool = False,
+    ) -> tuple[list[Refused], list[int]]:
+        """Fold the predictions of the message at ``offset`` of the predictions topic.
+
+        Those at the indices ``elsewhere`` belong to another partition: they are checked for
+        lateness and move the watermark, as the topic-partition's other events do, and the
+        indices of those not late are returned, to be folded where they belong. A *foreign*
+        message is such a re-routed copy: its events were checked for lateness where they
+        arrived, so they are not here, and they do not move this partition's watermark.
+
+        Returns (refused, forwarded): refused are predictions whose ``event_id`` another
+        model's prediction has (event ids must be unique across models, or the label could
+        not tell them apart)."""
         wm = self.pred_wm
         max_ts = wm.max_ts
         mark = Mark(offset, max_ts)
-        late_before = NEVER if max_ts == NEVER else max_ts - wm.lateness_ms
+        late_before = NEVER if foreign or max_ts == NEVER else max_ts - wm.lateness_ms
         window_ms = self.window_ms
         buckets = self.buckets
         pred_index = self.pred_index
@@ -246,14 +269,34 @@ class PartitionState:
         counters = self.counters
         detectors = self.detectors if self.detectors.names else None
         pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] | None = None
-        for p in preds:
+        refused: list[Refused] = []
+        forwarded: list[int] = []
+        for i, p in enumerate(preds):
             ts = p.ts_ms
             if ts < late_before:
                 counters["late_predictions"] += 1
                 continue
+            if i in elsewhere:
+                forwarded.append(i)
+                if ts > max_ts:
+                    max_ts = ts
+                    late_before = max_ts - wm.lateness_ms
+                continue
             event_id = p.event_id
-            if event_id in pred_index:
-                counters["duplicate_predictions"] += 1
+            known = pred_index.get(event_id)
+            if known is not None:
+                if known.key[0] == p.model:
+                    counters["duplicate_predictions"] += 1
+                else:
+                    counters["event_id_conflicts"] += 1
+                    refused.append(
+                        (
+                            i,
+                            EVENT_ID_CONFLICT,
+                            f"event_id {event_id!r} of model {p.model!r} is taken by a"
+                            f" prediction of model {known.key[0]!r}",
+                        )
+                    )
                 continue
             start = ts - ts % window_ms
             bucket = buckets.get(start) or self._new_bucket(start)
@@ -285,7 +328,12 @@ class PartitionState:
                 if score is not None:
                     detectors.push("score", ts, event_id, p.model, p.model_version, score)
             label = label_index.get(event_id)
-            if label is not None and label.open and self._joinable(ts, label.ts_ms):
+            if (
+                label is not None
+                and label.open
+                and self._joinable(ts, label.ts_ms)
+                and self._same_model(p.model, label)
+            ):
                 if pairs is None:
                     pairs = {}
                 pairs.setdefault(key, []).append((event_id, entry, label))
@@ -293,30 +341,46 @@ class PartitionState:
             elif bucket.preds_closed:  # no label can still join it
                 entry.open = False
                 counters["expired_unlabelled"] += 1
-            if ts > max_ts:
+            if ts > max_ts and not foreign:
                 max_ts = ts
                 late_before = max_ts - wm.lateness_ms
         wm.max_ts = max_ts
         if pairs:
             self._fold(pairs, None)
         self.next_pred = Mark(offset + 1, max_ts)
+        return refused, forwarded
 
-    def add_labels(self, offset: int, labels: Sequence[Label]) -> None:
-        """Fold the labels of the message at ``offset`` of the labels topic."""
+    def add_labels(
+        self,
+        offset: int,
+        labels: Sequence[Label],
+        elsewhere: AbstractSet[int] = frozenset(),
+        foreign: bool = False,
+    ) -> tuple[list[Refused], list[int]]:
+        """Fold the labels of the message at ``offset`` of the labels topic, as
+        :meth:`add_predictions` does predictions; none is refused (a label that names another
+        model than its prediction's is counted, not joined)."""
         wm = self.label_wm
         max_ts = wm.max_ts
         mark = Mark(offset, max_ts)
-        late_before = NEVER if max_ts == NEVER else max_ts - wm.lateness_ms
+        late_before = NEVER if foreign or max_ts == NEVER else max_ts - wm.lateness_ms
         window_ms = self.window_ms
         buckets = self.buckets
         pred_index = self.pred_index
         label_index = self.label_index
         counters = self.counters
         pairs: dict[WindowKey, list[tuple[str, _Pred, _Label]]] = {}
-        for lab in labels:
+        forwarded: list[int] = []
+        for i, lab in enumerate(labels):
             ts = lab.ts_ms
             if ts < late_before:
                 counters["late_labels"] += 1
+                continue
+            if i in elsewhere:
+                forwarded.append(i)
+                if ts > max_ts:
+                    max_ts = ts
+                    late_before = max_ts - wm.lateness_ms
                 continue
             event_id = lab.event_id
             if event_id in label_index:
@@ -327,21 +391,27 @@ class PartitionState:
             first = bucket.first_label
             if first is None or offset < first.offset:
                 bucket.first_label = mark
-            entry = _Label(ts, lab.label)
+            entry = _Label(ts, lab.label, lab.model)
             label_index[event_id] = bucket.labels[event_id] = entry
             pred = pred_index.get(event_id)
-            if pred is not None and pred.open and self._joinable(pred.ts_ms, ts):
+            if (
+                pred is not None
+                and pred.open
+                and self._joinable(pred.ts_ms, ts)
+                and self._same_model(pred.key[0], entry)
+            ):
                 pairs.setdefault(pred.key, []).append((event_id, pred, entry))
                 pred.open = entry.open = False
             elif bucket.labels_closed:  # no prediction can still join it
                 entry.open = False
                 counters["unmatched_labels"] += 1
-            if ts > max_ts:
+            if ts > max_ts and not foreign:
                 max_ts = ts
                 late_before = max_ts - wm.lateness_ms
         wm.max_ts = max_ts
         self._fold(pairs, mark)
         self.next_label = Mark(offset + 1, max_ts)
+        return [], forwarded
 
     def _new_bucket(self, start: int) -> _Bucket:
         """A bucket for a window start not held; *final* if that start was dropped already."""
@@ -366,6 +436,13 @@ class PartitionState:
                 return (model, version, OVERFLOW_SEGMENT, start)
             segments.add(segment)
         return key
+
+    def _same_model(self, model: str, label: _Label) -> bool:
+        """A label that names a model joins only that model's prediction."""
+        if label.model is None or label.model == model:
+            return True
+        self.counters["label_model_mismatch"] += 1
+        return False
 
     def _joinable(self, pred_ts: int, label_ts: int) -> bool:
         window_ms = self.window_ms

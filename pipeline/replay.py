@@ -21,6 +21,7 @@ with its partition and offset, so that a replay from the file reproduces the top
 from __future__ import annotations
 
 import asyncio
+import base64
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -31,22 +32,15 @@ from typing import Any, TextIO
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from pipeline.fold import Folder, InputMessage, is_rerouted
 from pipeline.partition import PartitionState
 from pipeline.settings import Settings
-from pipeline.sink.tables import DEAD_LETTER_RAW_BYTES
 from schemas.codec import decode_message
 from schemas.rows import MAX_ROWS_MESSAGE_BYTES, ROWS_BATCH_BYTES, encode_bounded
 from schemas.topics import Topics, partition_for
 
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One input message: where it was, what kind it carries, its value."""
-
-    kind: str  # "prediction" or "label"
-    partition: int
-    offset: int
-    value: bytes
+#: A message for the broker: topic, partition (None: the producer's choice), value, headers.
+Outgoing = tuple[str, int | None, bytes, list[tuple[str, bytes]] | None]
 
 
 @dataclass(slots=True)
@@ -56,6 +50,7 @@ class Summary:
     messages: int = 0
     events: int = 0
     dead_letters: int = 0
+    rerouted: int = 0  # events read on another partition than theirs: folded there
     windows: int = 0
     rows: int = 0
     seconds: float = 0.0
@@ -66,7 +61,8 @@ class Summary:
         return (
             f"replayed {self.events} events ({self.messages} messages, partitions "
             f"{self.partitions}) in {self.seconds:.1f}s ({rate:,.0f} events/s): "
-            f"{self.windows} windows, {self.rows} rows, {self.dead_letters} dead letters"
+            f"{self.windows} windows, {self.rows} rows, {self.dead_letters} dead letters, "
+            f"{self.rerouted} events skipped on a partition not theirs (folded on their own)"
         )
 
 
@@ -78,7 +74,7 @@ async def topic_messages(
     partitions: Iterable[int],
     start: dict[tuple[str, int], int] | None = None,
     end: dict[tuple[str, int], int] | None = None,
-) -> AsyncIterator[Message]:
+) -> AsyncIterator[InputMessage]:
     """The predictions and labels messages of ``partitions``, each partition in offset order,
     from ``start`` (default: the beginning) up to ``end`` (default: what is there now)."""
     topics = Topics(settings.topic_prefix)
@@ -110,7 +106,15 @@ async def topic_messages(
                     if limit is not None and record.offset >= limit:
                         open_tps.discard(tp)
                         break
-                    yield Message(kinds[tp.topic], tp.partition, record.offset, record.value)
+                    yield InputMessage(
+                        kinds[tp.topic],
+                        tp.topic,
+                        tp.partition,
+                        record.offset,
+                        record.value,
+                        record.timestamp if record.timestamp >= 0 else None,
+                        rerouted=is_rerouted(record.headers),
+                    )
             for tp in list(open_tps):
                 # The fetch's high watermark is right on every broker (end_offsets is not).
                 high = consumer.highwater(tp)
@@ -121,10 +125,14 @@ async def topic_messages(
         await consumer.stop()
 
 
-def file_messages(paths: Iterable[str | Path], partitions: int) -> Iterator[Message]:
-    """Messages from JSON Lines files: lines written by ``modelmon export`` keep their
-    partition and offset; any other line is one event object with a ``kind`` member
-    ("prediction" or "label"), given the partition of its ``event_id`` and the next offset."""
+def file_messages(
+    paths: Iterable[str | Path], partitions: int, topic_prefix: str = "modelmon."
+) -> Iterator[InputMessage]:
+    """Messages from JSON Lines files: lines written by ``modelmon export`` are the messages
+    as they were (partition, offset, timestamp and bytes); any other line is one event object
+    with a ``kind`` member ("prediction" or "label"), given the partition of its ``event_id``
+    and the next offset."""
+    topics = Topics(topic_prefix)
     offsets: dict[tuple[str, int], int] = {}
     for path in paths:
         with open(path, "rb") as lines:
@@ -132,16 +140,34 @@ def file_messages(paths: Iterable[str | Path], partitions: int) -> Iterator[Mess
                 if not line.strip():
                     continue
                 obj = orjson.loads(line)
-                if "message" in obj and "offset" in obj:
-                    yield Message(
-                        obj["kind"], obj["partition"], obj["offset"], orjson.dumps(obj["message"])
+                if "offset" in obj and "partition" in obj:
+                    yield InputMessage(
+                        obj["kind"],
+                        topics.for_kind(obj["kind"]),
+                        obj["partition"],
+                        obj["offset"],
+                        _exported_value(obj),
+                        obj.get("timestamp"),
+                        rerouted=bool(obj.get("rerouted")),
                     )
                     continue
                 kind = obj.pop("kind")
                 partition = partition_for(str(obj.get("event_id", "")), partitions)
                 offset = offsets.get((kind, partition), 0)
                 offsets[(kind, partition)] = offset + 1
-                yield Message(kind, partition, offset, orjson.dumps(obj))
+                yield InputMessage(
+                    kind, topics.for_kind(kind), partition, offset, orjson.dumps(obj)
+                )
+
+
+def _exported_value(obj: dict[str, Any]) -> bytes | None:
+    """The message bytes of an export line: ``value`` (UTF-8 text) or ``value_base64``; lines
+    of older exports carry the parsed ``message``."""
+    if "value_base64" in obj:
+        return base64.b64decode(obj["value_base64"])
+    if "value" in obj:
+        return None if obj["value"] is None else obj["value"].encode()
+    return orjson.dumps(obj["message"])
 
 
 async def offsets_for_time(
@@ -221,47 +247,41 @@ class Replayer:
         time_range: tuple[int, int] | None = None,
     ):
         self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
         self.time_range = time_range
         self.result_set = result_set
         self.flush_every = flush_every
+        self.folder = Folder(
+            settings,
+            reroute=False,
+            result_set=result_set,
+            keep=None if time_range is None else self._in_range,
+        )
         self.states: dict[int, PartitionState] = {}
         self.summary = Summary()
         self.pending = 0
-        self.dead: list[dict[str, Any]] = []
 
-    def fold(self, message: Message) -> list[bytes]:
-        """Fold one message; every ``flush_every`` messages, the rows of what changed."""
+    def fold(self, message: InputMessage) -> list[Outgoing]:
+        """Fold one message; its dead letters, and every ``flush_every`` messages the rows
+        of what changed."""
         state = self.states.get(message.partition)
         if state is None:
             state = self.states[message.partition] = PartitionState.from_settings(
                 message.partition, self.settings
             )
-        decoded = decode_message(message.value, message.kind, self.settings.max_message_bytes)
-        topic = Topics(self.settings.topic_prefix).for_kind(message.kind)
-        for rejected in decoded.rejected:
-            self.dead.append(
-                {
-                    "source_topic": topic,
-                    "source_partition": message.partition,
-                    "source_offset": message.offset,
-                    "event_index": rejected.index,
-                    "reason": rejected.reason,
-                    "raw": rejected.raw[:DEAD_LETTER_RAW_BYTES],
-                    "raw_size": len(rejected.raw),
-                    "received_at": 0,
-                }
-            )
-        if self.time_range is not None:
-            decoded.events = [e for e in decoded.events if self._in_range(message.kind, e.ts_ms)]
-        if message.kind == "prediction":
-            state.add_predictions(message.offset, decoded.events)
-        else:
-            state.add_labels(message.offset, decoded.events)
+        folded = self.folder.fold(message, state)
+        out: list[Outgoing] = [
+            (self.topics.deadletter, message.partition, dead.value, list(dead.headers().items()))
+            for dead in folded.dead_letters
+        ]
         self.summary.messages += 1
-        self.summary.events += len(decoded.events) + len(decoded.rejected)
-        self.summary.dead_letters += len(decoded.rejected)
+        self.summary.events += folded.events
+        self.summary.dead_letters += len(folded.dead_letters)
+        self.summary.rerouted += folded.skipped
         self.pending += 1
-        return self.flush(open_windows=False) if self.pending >= self.flush_every else []
+        if self.pending >= self.flush_every:
+            out += self.flush(open_windows=False)
+        return out
 
     def _in_range(self, kind: str, ts_ms: int) -> bool:
         """Predictions in [start, end); labels until their predictions can no longer join."""
@@ -270,27 +290,28 @@ class Replayer:
             end += (self.settings.window_seconds + self.settings.label_ttl_seconds) * 1000
         return start <= ts_ms < end
 
-    def flush(self, open_windows: bool = True) -> list[bytes]:
+    def flush(self, open_windows: bool = True) -> list[Outgoing]:
         """Rows (as metrics messages) of every window changed since the last flush; windows
         that can still gain predictions only if ``open_windows``."""
         self.pending = 0
-        out: list[bytes] = []
+        out: list[Outgoing] = []
         for _, state in sorted(self.states.items()):
             rows = state.flush(open_windows)
             self.summary.windows += len(rows.windows)
             for table, batch in rows.by_table():
                 self.summary.rows += len(batch)
-                out += encode_bounded(table, batch, MAX_ROWS_MESSAGE_BYTES, self.result_set)
-        out += encode_bounded(
-            "dead_letters_rows", self.dead, MAX_ROWS_MESSAGE_BYTES, self.result_set
-        )
-        self.dead = []
+                out += [
+                    (self.topics.metrics, None, value, None)
+                    for value in encode_bounded(
+                        table, batch, MAX_ROWS_MESSAGE_BYTES, self.result_set
+                    )
+                ]
         return out
 
 
 async def replay(
     settings: Settings,
-    messages: AsyncIterator[Message] | Iterable[Message],
+    messages: AsyncIterator[InputMessage] | Iterable[InputMessage],
     *,
     result_set: str = "",
     flush_every: int = 1000,
@@ -310,15 +331,18 @@ async def replay(
         max_batch_size=ROWS_BATCH_BYTES,
         **settings.kafka_client_config(),
     )
-    metrics = Topics(settings.topic_prefix).metrics
     started = time.monotonic()
     await producer.start()
+
+    async def send(out: list[Outgoing]) -> None:
+        for topic, partition, value, headers in out:
+            acks.append(await producer.send(topic, value, partition=partition, headers=headers))
+
     try:
         acks: list[asyncio.Future[Any]] = []
         last_report = 0.0
         async for message in _aiter(messages):
-            for value in replayer.fold(message):
-                acks.append(await producer.send(metrics, value))
+            await send(replayer.fold(message))
             now = time.monotonic()
             if progress is not None and now - last_report > 0.5:
                 _report(progress, replayer.summary, now - started, total)
@@ -326,8 +350,7 @@ async def replay(
             if len(acks) > 1000:
                 await asyncio.gather(*acks)
                 acks = []
-        for value in replayer.flush():
-            acks.append(await producer.send(metrics, value))
+        await send(replayer.flush())
         await asyncio.gather(*acks)
     finally:
         await producer.stop()
@@ -340,7 +363,9 @@ async def replay(
     return summary
 
 
-async def _aiter(messages: AsyncIterator[Message] | Iterable[Message]) -> AsyncIterator[Message]:
+async def _aiter(
+    messages: AsyncIterator[InputMessage] | Iterable[InputMessage],
+) -> AsyncIterator[InputMessage]:
     if hasattr(messages, "__aiter__"):
         async for m in messages:  # type: ignore[union-attr]
             yield m
@@ -371,20 +396,25 @@ async def export(
     start: dict[tuple[str, int], int] | None = None,
     end: dict[tuple[str, int], int] | None = None,
 ) -> int:
-    """Write the messages of a topic range as JSON Lines (kind, partition, offset, message);
-    returns how many. Messages that are not JSON are written as a string of their bytes."""
+    """Write the messages of a topic range as JSON Lines (kind, partition, offset, Kafka
+    timestamp, whether it is a re-routed copy, and the value as text, or ``value_base64``
+    when it is not UTF-8), so a replay of the file reads the very bytes and times the topics
+    held; returns how many."""
     count = 0
     async for m in topic_messages(settings, partitions, start, end):
+        line: dict[str, Any] = {
+            "kind": m.kind,
+            "partition": m.partition,
+            "offset": m.offset,
+            "timestamp": m.timestamp_ms,
+        }
+        if m.rerouted:
+            line["rerouted"] = True
         try:
-            message = orjson.loads(m.value)
-        except orjson.JSONDecodeError:
-            message = m.value.decode("utf-8", "replace")
-        out.write(
-            orjson.dumps(
-                {"kind": m.kind, "partition": m.partition, "offset": m.offset, "message": message}
-            ).decode()
-            + "\n"
-        )
+            line["value"] = None if m.value is None else m.value.decode()
+        except UnicodeDecodeError:
+            line["value_base64"] = base64.b64encode(m.value or b"").decode()
+        out.write(orjson.dumps(line).decode() + "\n")
         count += 1
     return count
 
@@ -428,8 +458,10 @@ async def _run(
     total: int | None
     if plan.files:
         wanted = set(partitions)
-        messages: Iterable[Message] | AsyncIterator[Message] = (
-            m for m in file_messages(plan.files, settings.partitions) if m.partition in wanted
+        messages: Iterable[InputMessage] | AsyncIterator[InputMessage] = (
+            m
+            for m in file_messages(plan.files, settings.partitions, settings.topic_prefix)
+            if m.partition in wanted
         )
         total = None if progress is None else _lines(plan.files)
     else:

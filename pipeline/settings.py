@@ -94,6 +94,11 @@ class Settings:
         " compute's memory when it catches up on a backlog",
     )
     max_message_bytes: int = _setting(1_048_576, "larger input messages go to the dead letters")
+    max_future_seconds: float = _setting(
+        3600.0,
+        "an event whose ts is more than this after the Kafka timestamp of its message is"
+        " dead-lettered (future_timestamp) instead of moving its partition's watermark",
+    )
     sink_batch_messages: int = _setting(100, "metrics messages per ClickHouse insert, at most")
     sink_batch_seconds: float = _setting(1.0, "longest wait before a partial sink batch is written")
     derive_interval_seconds: float = _setting(
@@ -184,6 +189,8 @@ class Settings:
                 "idle_exit_seconds: must be longer than flush_interval_seconds, or a sink "
                 "worker stops between two flushes of the compute worker"
             )
+        if not self.max_future_seconds >= 0:
+            raise ValueError(f"max_future_seconds: must be >= 0, got {self.max_future_seconds}")
         if self.lateness_seconds < 0 or self.label_ttl_seconds < 0:
             raise ValueError("lateness_seconds and label_ttl_seconds must be >= 0")
 

@@ -41,12 +41,42 @@ _SEGMENT_SEPARATORS: Final = re.compile("[=,]")
 Feature = float | str | None | np.ndarray  # vectors are read-only float64 arrays
 
 
-class SchemaError(ValueError):
-    """An event does not match its contract; ``field`` names where."""
+#: What can be wrong with a field: the second part of a dead letter's stable reason.
+PROBLEMS: Final = (
+    "missing",
+    "wrong_type",
+    "empty",
+    "too_long",
+    "too_many",
+    "not_finite",
+    "out_of_range",
+    "invalid",
+    "unsupported",
+)
 
-    def __init__(self, field: str, message: str) -> None:
+
+class SchemaError(ValueError):
+    """An event does not match its contract: ``field`` names where, ``problem`` (one of
+    :data:`PROBLEMS`) what; the message has the detail, with the offending value.
+
+    >>> e = SchemaError("features.age", "expected a number, got list", "wrong_type")
+    >>> e.reason, str(e)
+    ('features.wrong_type', 'features.age: expected a number, got list')
+    """
+
+    def __init__(self, field: str, message: str, problem: str) -> None:
         super().__init__(f"{field}: {message}")
+        if problem not in PROBLEMS:
+            raise ValueError(f"unknown problem {problem!r}")
         self.field = field
+        self.problem = problem
+
+    @property
+    def reason(self) -> str:
+        """A stable code: the top-level field and the problem (a dead letter's ``reason``),
+        whatever names or values the event holds; the message keeps those."""
+        top = re.split(r"[.\[ ]", self.field, maxsplit=1)[0]
+        return f"{top}.{self.problem}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,16 +141,16 @@ def _require(obj: Mapping[str, Any], field: str) -> Any:
     try:
         return obj[field]
     except KeyError:
-        raise SchemaError(field, "required field is missing") from None
+        raise SchemaError(field, "required field is missing", "missing") from None
 
 
 def _text(value: Any, field: str, max_len: int = MAX_NAME_LEN, allow_empty: bool = False) -> str:
     if not isinstance(value, str):
-        raise SchemaError(field, f"expected a string, got {type(value).__name__}")
+        raise SchemaError(field, f"expected a string, got {type(value).__name__}", "wrong_type")
     if not value and not allow_empty:
-        raise SchemaError(field, "must not be empty")
+        raise SchemaError(field, "must not be empty", "empty")
     if len(value) > max_len:
-        raise SchemaError(field, f"longer than {max_len} characters")
+        raise SchemaError(field, f"longer than {max_len} characters", "too_long")
     return value
 
 
@@ -129,13 +159,13 @@ def _number(value: Any, field: str) -> float:
     if kind is float:
         if value - value == 0.0:  # finite: inf - inf and nan - nan are nan
             return value  # type: ignore[no-any-return]
-        raise SchemaError(field, f"must be finite, got {value}")
+        raise SchemaError(field, f"must be finite, got {value}", "not_finite")
     if kind is int:
         try:
             return float(value)
         except OverflowError:
-            raise SchemaError(field, "number out of range") from None
-    raise SchemaError(field, f"expected a number, got {kind.__name__}")
+            raise SchemaError(field, "number out of range", "out_of_range") from None
+    raise SchemaError(field, f"expected a number, got {kind.__name__}", "wrong_type")
 
 
 def _opt_number(obj: Mapping[str, Any], field: str) -> float | None:
@@ -145,7 +175,7 @@ def _opt_number(obj: Mapping[str, Any], field: str) -> float | None:
 
 def _int(value: Any, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise SchemaError(field, f"expected an integer, got {type(value).__name__}")
+        raise SchemaError(field, f"expected an integer, got {type(value).__name__}", "wrong_type")
     return value
 
 
@@ -158,13 +188,15 @@ def _timestamp_ms(value: Any, field: str = "ts") -> int:
             parsed = None
         if parsed is None or parsed.tzinfo is None:
             raise SchemaError(
-                field, f"expected epoch seconds (number) or an ISO-8601 string, got {value!r}"
+                field,
+                f"expected epoch seconds (number) or an ISO-8601 string, got {value!r}",
+                "invalid",
             )
         seconds = parsed.timestamp()
     else:
         seconds = _number(value, field)
     if not 0 <= seconds < MAX_EPOCH_SECONDS:
-        raise SchemaError(field, f"time out of range (1970 to 3000): {value!r}")
+        raise SchemaError(field, f"time out of range (1970 to 3000): {value!r}", "out_of_range")
     return round(seconds * 1000)
 
 
@@ -180,47 +212,53 @@ def _class_label(value: Any, field: str) -> str:
         return _text(value, field, MAX_NAME_LEN)
     if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
         return str(int(value))
-    raise SchemaError(field, f"expected a class label (string, integer or bool), got {value!r}")
+    raise SchemaError(
+        field, f"expected a class label (string, integer or bool), got {value!r}", "wrong_type"
+    )
 
 
 def _ranking(value: Any, field: str) -> tuple[str, ...]:
     if not isinstance(value, list) or not value:
-        raise SchemaError(field, "expected a non-empty list of item ids")
+        raise SchemaError(field, "expected a non-empty list of item ids", "wrong_type")
     return tuple(_class_label(v, f"{field}[{i}]") for i, v in enumerate(value))
 
 
 def _target(task: str, value: Any, field: str) -> str | float | tuple[str, ...]:
     if value is None:
-        raise SchemaError(field, "required field is missing")
+        raise SchemaError(field, "required field is missing", "missing")
     if task == "regression":
         return _number(value, field)
     if task == "ranking":
         return _ranking(value, field)
     label = _class_label(value, field)
     if task == "binary" and label not in ("0", "1"):
-        raise SchemaError(field, f"binary labels are 0/1 or false/true, got {value!r}")
+        raise SchemaError(field, f"binary labels are 0/1 or false/true, got {value!r}", "invalid")
     return label
 
 
 def _probabilities(value: Any, field: str = "probabilities") -> dict[str, float]:
     if not isinstance(value, dict) or not value:
-        raise SchemaError(field, "expected a non-empty object of class label -> probability")
+        raise SchemaError(
+            field, "expected a non-empty object of class label -> probability", "wrong_type"
+        )
     if len(value) > MAX_CLASSES:
-        raise SchemaError(field, f"more than {MAX_CLASSES} classes")
+        raise SchemaError(field, f"more than {MAX_CLASSES} classes", "too_many")
     out = {}
     for cls, p in value.items():
         p = _number(p, f"{field}.{cls}")
         if not 0.0 <= p <= 1.0:
-            raise SchemaError(f"{field}.{cls}", f"probability outside [0, 1]: {p}")
+            raise SchemaError(f"{field}.{cls}", f"probability outside [0, 1]: {p}", "out_of_range")
         out[_class_label(cls, f"{field}.{cls}")] = p
     return out
 
 
 def _features(value: Any, field: str = "features") -> dict[str, Feature]:
     if not isinstance(value, dict):
-        raise SchemaError(field, f"expected an object of name -> value, got {type(value).__name__}")
+        raise SchemaError(
+            field, f"expected an object of name -> value, got {type(value).__name__}", "wrong_type"
+        )
     if len(value) > MAX_FEATURES:
-        raise SchemaError(field, f"more than {MAX_FEATURES} features")
+        raise SchemaError(field, f"more than {MAX_FEATURES} features", "too_many")
     out: dict[str, Feature] = {}
     for name, v in value.items():
         _text(name, f"{field} name", MAX_NAME_LEN)
@@ -229,27 +267,31 @@ def _features(value: Any, field: str = "features") -> dict[str, Feature]:
         elif isinstance(v, list):
             out[name] = _vector(v, f"{field}.{name}")
         elif isinstance(v, bool) or not isinstance(v, int | float):
-            raise SchemaError(f"{field}.{name}", f"unsupported feature type {type(v).__name__}")
+            raise SchemaError(
+                f"{field}.{name}", f"unsupported feature type {type(v).__name__}", "wrong_type"
+            )
         else:
             # NaN/inf in a feature is a data-quality fact to measure, not a schema violation;
             # JSON cannot carry them, so they arrive only from non-standard encoders.
             try:
                 out[name] = float(v)
             except OverflowError:
-                raise SchemaError(f"{field}.{name}", "number out of range") from None
+                raise SchemaError(
+                    f"{field}.{name}", "number out of range", "out_of_range"
+                ) from None
     return out
 
 
 def _vector(value: list[Any], field: str) -> np.ndarray:
     """A list of numbers as a read-only float64 array (an embedding, a small image)."""
     if len(value) > MAX_VECTOR_LEN:
-        raise SchemaError(field, f"vector longer than {MAX_VECTOR_LEN}")
+        raise SchemaError(field, f"vector longer than {MAX_VECTOR_LEN}", "too_long")
     try:
         array = np.array(value)
     except ValueError:  # ragged nesting
-        raise SchemaError(field, "expected a flat list of numbers") from None
+        raise SchemaError(field, "expected a flat list of numbers", "wrong_type") from None
     if array.ndim != 1 or (array.size and array.dtype.kind not in "fiu"):
-        raise SchemaError(field, "expected a flat list of numbers")
+        raise SchemaError(field, "expected a flat list of numbers", "wrong_type")
     array = array.astype(np.float64, copy=False)
     array.flags.writeable = False
     return array
@@ -262,18 +304,24 @@ def segment_key(value: Any, field: str = "segment") -> str:
     if isinstance(value, str):
         return _text(value, field, MAX_NAME_LEN, allow_empty=True)
     if not isinstance(value, dict):
-        raise SchemaError(field, f"expected an object of tag -> value, got {type(value).__name__}")
+        raise SchemaError(
+            field, f"expected an object of tag -> value, got {type(value).__name__}", "wrong_type"
+        )
     parts = []
     for k in sorted(value):
         v = value[k]
         if not isinstance(v, str | int) or isinstance(v, bool):
-            raise SchemaError(f"{field}.{k}", f"tag values are strings or integers, got {v!r}")
+            raise SchemaError(
+                f"{field}.{k}", f"tag values are strings or integers, got {v!r}", "wrong_type"
+            )
         if _SEGMENT_SEPARATORS.search(k) or _SEGMENT_SEPARATORS.search(str(v)):
-            raise SchemaError(f"{field}.{k}", "tag names and values may not contain '=' or ','")
+            raise SchemaError(
+                f"{field}.{k}", "tag names and values may not contain '=' or ','", "invalid"
+            )
         parts.append(f"{k}={v}")
     key = ",".join(parts)
     if len(key) > 4 * MAX_NAME_LEN:
-        raise SchemaError(field, "segment tags too long")
+        raise SchemaError(field, "segment tags too long", "too_long")
     return key
 
 
@@ -281,7 +329,9 @@ def _check_version(obj: Mapping[str, Any]) -> None:
     version = obj.get("schema_version", SCHEMA_VERSION)
     if isinstance(version, bool) or version != SCHEMA_VERSION:
         raise SchemaError(
-            "schema_version", f"unsupported version {version!r} (this is {SCHEMA_VERSION})"
+            "schema_version",
+            f"unsupported version {version!r} (this is {SCHEMA_VERSION})",
+            "unsupported",
         )
 
 
@@ -299,16 +349,20 @@ def _decode_prediction(obj: Mapping[str, Any]) -> Prediction:
     _check_version(obj)
     task = _require(obj, "task")
     if task not in TASKS:
-        raise SchemaError("task", f"unknown task type {task!r}; expected one of {', '.join(TASKS)}")
+        raise SchemaError(
+            "task", f"unknown task type {task!r}; expected one of {', '.join(TASKS)}", "invalid"
+        )
     probabilities = obj.get("probabilities")
     score = _opt_number(obj, "score")
     if score is not None and task == "binary" and not 0.0 <= score <= 1.0:
-        raise SchemaError("score", f"binary score is P(label=1), outside [0, 1]: {score}")
+        raise SchemaError(
+            "score", f"binary score is P(label=1), outside [0, 1]: {score}", "out_of_range"
+        )
     features = obj.get("features")
     client_id = obj.get("client_id")
     latency = _opt_number(obj, "latency_ms")
     if latency is not None and latency < 0:
-        raise SchemaError("latency_ms", f"must be >= 0, got {latency}")
+        raise SchemaError("latency_ms", f"must be >= 0, got {latency}", "out_of_range")
     return Prediction(
         event_id=_text(_require(obj, "event_id"), "event_id", MAX_ID_LEN),
         model=_text(_require(obj, "model"), "model"),
@@ -494,7 +548,7 @@ def _decode_label(obj: Mapping[str, Any]) -> Label:
     _check_version(obj)
     value = obj.get("label")
     if value is None:
-        raise SchemaError("label", "required field is missing")
+        raise SchemaError("label", "required field is missing", "missing")
     if isinstance(value, list):
         label: str | float | tuple[str, ...] = _ranking(value, "label")
     elif (isinstance(value, float) and not (value.is_integer() and abs(value) < 2**53)) or (
@@ -518,7 +572,7 @@ def decode_interaction(obj: Mapping[str, Any]) -> Interaction:
     kind = _require(obj, "kind")
     if kind not in INTERACTION_KINDS:
         raise SchemaError(
-            "kind", f"unknown interaction {kind!r}; expected one of {INTERACTION_KINDS}"
+            "kind", f"unknown interaction {kind!r}; expected one of {INTERACTION_KINDS}", "invalid"
         )
     prediction_id = obj.get("prediction_id")
     value = obj.get("value", 1.0)
@@ -542,7 +596,7 @@ def decode_training_step(obj: Mapping[str, Any]) -> TrainingStep:
     _check_version(obj)
     metrics = _require(obj, "metrics")
     if not isinstance(metrics, dict) or not metrics:
-        raise SchemaError("metrics", "expected a non-empty object of name -> number")
+        raise SchemaError("metrics", "expected a non-empty object of name -> number", "wrong_type")
     parsed: dict[str, float] = {}
     for name, v in metrics.items():
         _text(name, "metrics name")

@@ -17,6 +17,7 @@ from pipeline.kafka import BoundedConsumer, RawSchema
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink, json_rows, redact
 from pipeline.sink.derive import Deriver, WindowRef, window_of
+from schemas.deadletter import DeadLetter
 from schemas.rows import RowBatch, decode_rows
 from schemas.topics import Topics
 
@@ -101,12 +102,15 @@ class SinkRuntime:
         counters = dict(counters)
         live = self.open()
         for part in _parts(events, self.settings.sink_insert_bytes):
-            dead_letters = []
+            # Dead letters hold raw bytes, which JSON cannot carry: they go through the row
+            # insert, by result set (a replay's are its own).
+            dead_letters: dict[str, list[dict[str, Any]]] = {}
             texts: dict[tuple[str, str], list[bytes]] = {}
             for event in part:
                 message = event.message
                 if message.topic == self.topics.deadletter:
-                    dead_letters.append(_dead_letter_row(message))
+                    dead = DeadLetter.from_message(message.value, message.headers or [])
+                    dead_letters.setdefault(dead.result_set, []).append(dead.row())
                     continue
                 try:
                     batch = decode_rows(message.value)
@@ -122,8 +126,9 @@ class SinkRuntime:
                 text = json_rows(batch.rows, sink.time_columns(batch.table))
                 texts.setdefault((batch.result_set, batch.table), []).append(text)
                 counters["rows_written"] += len(batch.rows)
-            live.insert("dead_letters_rows", dead_letters)
-            counters["rows_written"] += len(dead_letters)
+            for result_set, rows in dead_letters.items():
+                self._target(result_set)[0].insert("dead_letters_rows", rows)
+                counters["rows_written"] += len(rows)
             for (result_set, table), parts in texts.items():
                 self._target(result_set)[0].insert_json(table, b",".join(parts))
         live.insert("pipeline_counters", self._counter_rows(counters))
@@ -257,22 +262,6 @@ def _insert_derived(sink: ClickHouseSink, held: dict[str, list[dict[str, Any]]])
         written += len(rows)
     held.clear()
     return written
-
-
-def _dead_letter_row(message: Any) -> dict[str, Any]:
-    """A dead-letter message as a ``dead_letters_rows`` row (its payload is raw bytes, which
-    JSON cannot carry: these go through the row insert)."""
-    headers = {k: v.decode() for k, v in (message.headers or [])}
-    return {
-        "source_topic": headers.get("source_topic", ""),
-        "source_partition": int(headers.get("source_partition", 0)),
-        "source_offset": int(headers.get("source_offset", 0)),
-        "event_index": int(headers.get("event_index", -1)),
-        "reason": headers.get("reason", ""),
-        "raw": message.value or b"",
-        "raw_size": int(headers.get("raw_size", len(message.value or b""))),
-        "received_at": int(headers.get("received_at", 0)),
-    }
 
 
 def _parts(events: list[Any], max_bytes: int) -> list[list[Any]]:

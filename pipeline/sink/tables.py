@@ -4,8 +4,6 @@ with."""
 
 from __future__ import annotations
 
-DEAD_LETTER_RAW_BYTES = 65_536  # raw bytes kept per dead letter; raw_size has the full size
-
 #: Settings of the tables whose rows hold arrays or maps (kilobytes a row). A merge reads its
 #: parts a granule and a block at a time, and at the defaults (8192 rows or 10 MiB, and 1 MiB
 #: compression blocks) it took about as much memory as the parts it merged: 243-274 MiB for
@@ -24,12 +22,15 @@ def ddl(db: str, window_ms: int) -> list[str]:
             source_offset UInt64,
             event_index Int32,
             reason String,
+            detail String,
             raw String,
             raw_size UInt64,
             received_at DateTime64(3, 'UTC'),
             inserted_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree
         ORDER BY (source_topic, source_partition, source_offset, event_index)""",
+        # Databases created before reasons were codes: the detail had been in the reason.
+        f"ALTER TABLE {db}.dead_letters_rows ADD COLUMN IF NOT EXISTS detail String AFTER reason",
         f"""CREATE TABLE IF NOT EXISTS {db}.pipeline_counters (
             stage String,
             run_id String,

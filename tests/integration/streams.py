@@ -46,6 +46,24 @@ def traffic(seed: int) -> list[tuple[str, dict[str, Any]]]:
     return sorted(out, key=lambda item: item[1]["ts"])
 
 
+#: A prediction dated ten years after everything else, sent early in the stream: its
+#: ``ts`` lies far beyond the Kafka timestamp of its message, so it is dead-lettered and must
+#: not move its partition's watermark (else every later event of that partition is late).
+FUTURE_DATED = {
+    "event_id": "steady-from-the-future",
+    "model": "steady",
+    "task": "binary",
+    "ts": START + 10 * 365 * 86400,
+    "prediction": 1,
+    "score": 0.5,
+}
+
+
+def with_future_dated(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """``events`` with :data:`FUTURE_DATED` after its first hundred."""
+    return [*events[:100], ("prediction", FUTURE_DATED), *events[100:]]
+
+
 def rss_kb(pid: int) -> int:
     """The resident set size of process ``pid``, in KiB."""
     with open(f"/proc/{pid}/status") as status:
@@ -73,4 +91,7 @@ TABLES = {
     "detections": "SELECT model, stream, detector, partition, position,"
     " toUnixTimestamp64Milli(ts) AS ts, event_id FROM drift_detections"
     " ORDER BY model, stream, detector, partition, position",
+    # where and when each message was sent differ between runs; what was refused does not
+    "dead_letters": "SELECT splitByChar('.', source_topic)[-1] AS topic, reason,"
+    " lower(hex(raw)) AS raw FROM dead_letters ORDER BY topic, reason, raw",
 }

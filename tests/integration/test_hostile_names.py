@@ -91,7 +91,7 @@ def reference(seed: int) -> list[dict[str, Any]]:
 
 
 def bad_messages() -> list[tuple[str, bytes, bytes, str]]:
-    """(topic suffix, value, raw bytes its dead letter keeps, text its reason must hold)."""
+    """(topic suffix, value, raw bytes its dead letter keeps, text its detail must hold)."""
     unknown_task = orjson.dumps(
         {"event_id": "x'", "model": DROP, "task": DROP, "ts": START, "prediction": 1}
     )
@@ -182,14 +182,14 @@ def test_hostile_names_round_trip_and_every_table_survives(deployment: Any) -> N
         (PROFILED, MODELS[PROFILED], CATEGORICAL),
     }
 
-    dead = d.query("SELECT source_topic, reason, lower(hex(raw)) AS raw FROM dead_letters")
+    dead = d.query("SELECT source_topic, detail, lower(hex(raw)) AS raw FROM dead_letters")
     bad = bad_messages()
     assert len(dead) == len(bad)
     by_raw = {r["raw"]: r for r in dead}
-    for suffix, _, kept, reason in bad:
+    for suffix, _, kept, detail in bad:
         row = by_raw[kept.hex()]
         assert row["source_topic"] == d.prefix + suffix
-        assert reason in row["reason"], (reason, row["reason"])
+        assert detail in row["detail"], (detail, row["detail"])
 
     existing = d.query("SELECT name FROM system.tables WHERE database = 'modelmon'")
     assert created("modelmon") <= {r["name"] for r in existing}

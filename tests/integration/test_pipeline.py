@@ -220,11 +220,22 @@ def test_windows_equal_sklearn_bad_input_is_dead_lettered_and_redelivery_changes
     first = actual_windows(d)
     assert_matches(first, expected)
 
-    dead = d.query("SELECT source_topic, reason, raw_size FROM dead_letters")
-    reasons = [r["reason"] for r in dead]
+    dead = d.query("SELECT source_topic, reason, detail, raw_size FROM dead_letters")
+    details = [r["detail"] for r in dead]
     assert len(dead) == len(BAD_MESSAGES) + 1
     for needle in BAD_MESSAGES:
-        assert sum(needle in r for r in reasons) == 1, (needle, reasons)
+        assert sum(needle in r for r in details) == 1, (needle, details)
+    assert sorted(r["reason"] for r in dead) == sorted(
+        [
+            "invalid_json",
+            "model.wrong_type",
+            "ts.missing",
+            "score.not_finite",
+            "task.invalid",
+            "message_too_large",
+            "not_an_object",
+        ]
+    )
     assert any(r["raw_size"] > 2_000_000 for r in dead)
     assert any(r["source_topic"] == d.prefix + "labels" for r in dead)
 

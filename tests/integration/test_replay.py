@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 import pytest
-from streams import START, WORKER, traffic
+from streams import START, WORKER, traffic, with_future_dated
 
 from pipeline.embedded import worker_command
 from pipeline.replay import offsets_for_time
@@ -81,9 +81,14 @@ async def send(d: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
 
 def test_replays_equal_live_rows_and_leave_live_alone(deployment: Any, tmp_path: Any) -> None:
     d = deployment(partitions=2)
-    asyncio.run(send(d, traffic(seed=4)))
+    asyncio.run(send(d, with_future_dated(traffic(seed=4))))
     d.run_worker(**WORKER)
     live = rows(d, "modelmon")
+    # the future-dated prediction is a dead letter, identical in every replay below
+    assert [r for r in live["dead_letters_rows"] if "future_timestamp" in r]
+    assert not d.query(
+        "SELECT counter FROM pipeline_stats WHERE counter LIKE 'late_%' AND value > 0"
+    )
     before = asyncio.run(d.committed("predictions", "labels", "metrics"))
 
     # Replay while a live worker runs: it sinks the replayed rows, keeps its offsets.
@@ -95,7 +100,7 @@ def test_replays_equal_live_rows_and_leave_live_alone(deployment: Any, tmp_path:
         )
     try:
         summary = modelmon(d, "replay", "--result-set=topics")
-        assert "replayed 38400 events" in summary, summary
+        assert "replayed 38401 events" in summary, summary
         modelmon(d, "replay", "--result-set=batched", "--flush-every=7", "--workers=2")
         end = START + 8 * 60 + 60
         modelmon(d, "replay", "--result-set=timed", f"--start-time={START}", f"--end-time={end}")

@@ -46,57 +46,100 @@ def test_bad_events_in_an_envelope_do_not_cost_the_good_ones() -> None:
     ]
     decoded = decode_message(encode_envelope("prediction", [GOOD, *bad, GOOD]), "prediction")
     assert len(decoded.events) == 2
-    assert [(r.index, r.reason) for r in decoded.rejected] == [
-        (1, "event_id: must not be empty"),
-        (2, "ts: required field is missing"),
-        (3, "event: expected a JSON object, got str"),
-        (4, "probabilities.cat: probability outside [0, 1]: 1.5"),
+    assert [(r.index, r.reason, r.detail) for r in decoded.rejected] == [
+        (1, "event_id.empty", "event_id: must not be empty"),
+        (2, "ts.missing", "ts: required field is missing"),
+        (3, "event.wrong_type", "event: expected a JSON object, got str"),
+        (4, "probabilities.out_of_range", "probabilities.cat: probability outside [0, 1]: 1.5"),
     ]
     assert orjson.loads(decoded.rejected[0].raw)["event_id"] == ""  # the event itself is kept
 
 
 @pytest.mark.parametrize(
-    ("raw", "reason"),
+    ("raw", "reason", "detail"),
     [
-        (None, "empty message"),
-        (b"\xff\xfe", "not valid JSON"),
-        (b"[1, 2]", "expected a JSON object, got list"),
-        (orjson.dumps({"schema_version": 1, "kind": "label", "events": []}), "envelope kind"),
+        (None, "null_message", "empty message"),
+        (b"\xff\xfe", "invalid_json", "not valid JSON"),
+        (b"[1, 2]", "not_an_object", "expected a JSON object, got list"),
+        (
+            orjson.dumps({"schema_version": 1, "kind": "label", "events": []}),
+            "envelope_kind",
+            "envelope kind",
+        ),
         (
             orjson.dumps({"schema_version": 1, "kind": "prediction", "count": 2, "events": [GOOD]}),
+            "envelope_count",
             "envelope count: says 2, holds 1 events",
         ),
         (
             orjson.dumps({"schema_version": 1, "kind": "prediction", "count": True, "events": []}),
+            "envelope_count",
             "envelope count: says True",
         ),
-        (orjson.dumps({"schema_version": 9, "kind": "prediction", "events": []}), "schema_version"),
-        (orjson.dumps(dict(GOOD, task="clustering")), "unknown task type 'clustering'"),
-        (orjson.dumps(dict(GOOD, ts="yesterday")), "ts: expected epoch seconds"),
-        (orjson.dumps(dict(GOOD, ts="2026-11-28T10:00:00")), "ts: expected epoch seconds"),
+        (
+            orjson.dumps({"schema_version": 9, "kind": "prediction", "events": []}),
+            "envelope_schema_version",
+            "schema_version",
+        ),
+        (
+            orjson.dumps(dict(GOOD, task="clustering")),
+            "task.invalid",
+            "unknown task type 'clustering'",
+        ),
+        (orjson.dumps(dict(GOOD, ts="yesterday")), "ts.invalid", "ts: expected epoch seconds"),
+        (
+            orjson.dumps(dict(GOOD, ts="2026-11-28T10:00:00")),
+            "ts.invalid",
+            "ts: expected epoch seconds",
+        ),
+        (
+            orjson.dumps(dict(GOOD, ts=1_700_000_000_000)),  # milliseconds sent as seconds
+            "ts.out_of_range",
+            "ts: time out of range (1970 to 3000): 1700000000000",
+        ),
         (
             orjson.dumps(dict(GOOD, features={"emb": [1, "x"]})),
+            "features.wrong_type",
             "features.emb: expected a flat list",
         ),
-        (orjson.dumps(dict(GOOD, task="binary", prediction=3)), "binary labels are 0/1"),
+        (
+            orjson.dumps(dict(GOOD, task="binary", prediction=3)),
+            "prediction.invalid",
+            "binary labels are 0/1",
+        ),
         (
             b'{"event_id": "e", "model": "m", "ts": 1, "task": "regression",'
             b' "prediction": Infinity}',
+            "prediction.not_finite",
             "prediction: must be finite",
         ),
     ],
 )
-def test_rejections_name_the_problem(raw: bytes | None, reason: str) -> None:
+def test_rejections_have_a_stable_reason_and_name_the_problem(
+    raw: bytes | None, reason: str, detail: str
+) -> None:
     decoded = decode_message(raw, "prediction")
     assert not decoded.events
     (rejected,) = decoded.rejected
-    assert rejected.index == -1 and reason in rejected.reason
+    assert rejected.index == -1
+    assert rejected.reason == reason
+    assert detail in rejected.detail
+
+
+def test_the_reason_of_a_field_does_not_depend_on_its_value_or_name() -> None:
+    """Fifty events with fifty different bad timestamps and feature names: one reason each."""
+    bad_ts = [dict(GOOD, ts=1_700_000_000_000 + i) for i in range(50)]
+    bad_features = [dict(GOOD, features={f"f{i}": [1, str(i)]}) for i in range(50)]
+    decoded = decode_message(encode_envelope("prediction", bad_ts + bad_features), "prediction")
+    assert {r.reason for r in decoded.rejected} == {"ts.out_of_range", "features.wrong_type"}
+    assert len({r.detail for r in decoded.rejected}) == 100
 
 
 def test_oversized_message_is_rejected_before_parsing() -> None:
     raw = encode_event(dict(GOOD, pad="x" * 2048))
     (rejected,) = decode_message(raw, "prediction", max_bytes=1024).rejected
-    assert rejected.reason == f"message of {len(raw)} bytes exceeds the limit of 1024"
+    assert rejected.reason == "message_too_large"
+    assert rejected.detail == f"message of {len(raw)} bytes exceeds the limit of 1024"
     assert rejected.raw == raw
 
 

@@ -16,10 +16,13 @@ from faust.types.tuples import ConsumerMessage
 
 from pipeline import compute
 from pipeline.app import caught_up
+from pipeline.checkpoint import Checkpoint
 from pipeline.compute import ComputeRuntime
 from pipeline.kafka import BoundedConsumer
 from pipeline.settings import Settings
+from pipeline.windows import Mark
 from schemas.topics import Topics
+from tests.ids import event_id_in
 
 TOPICS = Topics("rebalance.")
 PRED = TP(TOPICS.predictions, 0)
@@ -59,7 +62,7 @@ class Producer:
 def event(offset: int) -> Any:
     value = orjson.dumps(
         {
-            "event_id": f"e{offset}",
+            "event_id": event_id_in(0, Settings().partitions, f"e{offset}"),
             "model": "m",
             "ts": 1_700_000_000 + offset,
             "task": "binary",
@@ -139,6 +142,34 @@ def test_the_first_restore_reads_the_checkpoints_of_every_assigned_partition(
     asyncio.run(run())
 
 
+def test_a_restore_resumes_from_the_checkpoint_of_its_offset(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The watermark comes from the record that names the offset Faust resumed at, and the
+    re-routes before the last record's read position are not sent again."""
+    labels = TP(TOPICS.labels, 0)
+    record = Checkpoint(
+        0,
+        {PRED.topic: Mark(7, 1_700_000_100_000), labels.topic: Mark(3, 1_700_000_002_000)},
+        read={PRED.topic: 12, labels.topic: 9},
+    )
+
+    async def read(*_: Any) -> dict[int, list[Checkpoint]]:
+        return {0: [Checkpoint.decode(record.encode())]}
+
+    monkeypatch.setattr(compute, "read_checkpoints", read)
+
+    async def run() -> None:
+        runtime, _ = make_runtime()
+        runtime.app.consumer = Consumer({PRED: 0, labels: 0})
+        await runtime.process(event(7))
+        state = runtime.states[0]
+        assert state.pred_wm.max_ts == 1_700_000_100_000  # ahead of the event read
+        assert runtime.folder.rerouted_before == {(PRED.topic, 0): 12, (labels.topic, 0): 9}
+
+    asyncio.run(run())
+
+
 def test_a_flush_does_not_checkpoint_a_partition_revoked_while_rows_were_sent() -> None:
     async def run() -> None:
         runtime, producer = make_runtime()
@@ -173,18 +204,26 @@ def test_every_assignment_gets_an_id_of_its_own() -> None:
 
 
 @pytest.mark.parametrize(
-    ("highwater", "done", "expected"),
+    ("highwater", "done", "position", "expected"),
     [
-        ({PRED: None}, {}, False),  # no fetch answered since the assignment
-        ({PRED: None}, {PRED: 4}, False),
-        ({PRED: 5}, {PRED: 3}, False),
-        ({PRED: 5}, {PRED: 4}, True),
-        ({PRED: 0}, {}, True),  # an empty partition
-        ({PRED: 5, TP("other", 0): None}, {PRED: 4}, True),  # not an input
+        ({PRED: None}, {}, 0, False),  # no fetch answered since the assignment
+        ({PRED: None}, {PRED: 4}, 5, False),
+        ({PRED: 5}, {PRED: 3}, 5, False),
+        ({PRED: 5}, {PRED: 4}, 5, True),
+        ({PRED: 0}, {}, 0, True),  # an empty partition
+        ({PRED: 5}, {}, 5, True),  # all of it committed before this worker started
+        ({PRED: 5}, {}, 2, False),  # unread messages, none processed yet
+        ({PRED: 5, TP("other", 0): None}, {PRED: 4}, 5, True),  # not an input
     ],
 )
 def test_caught_up_needs_a_known_high_watermark(
-    highwater: dict[TP, int | None], done: dict[TP, int], expected: bool
+    highwater: dict[TP, int | None], done: dict[TP, int], position: int, expected: bool
 ) -> None:
     runtime = SimpleNamespace(inputs=(PRED.topic,), last_offsets=done)
-    assert caught_up(Consumer(highwater), [runtime]) is expected  # type: ignore[arg-type,list-item]
+    consumer = Consumer(highwater)
+
+    async def at(tp: TP) -> int:
+        return position
+
+    consumer.position = at  # type: ignore[method-assign]
+    assert asyncio.run(caught_up(consumer, [runtime])) is expected  # type: ignore[arg-type,list-item]

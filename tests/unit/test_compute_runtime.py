@@ -16,6 +16,7 @@ from faust.types.tuples import ConsumerMessage
 from pipeline.compute import YIELD_SECONDS, ComputeRuntime
 from pipeline.settings import Settings
 from schemas.topics import Topics
+from tests.ids import event_id_in
 
 TOPICS = Topics("computert.")
 
@@ -77,11 +78,12 @@ def runtime_with(
     return runtime
 
 
-def prediction(partition: int, offset: int, ts: float) -> Any:
-    """The message at ``offset`` of a partition of the predictions topic: one prediction."""
+def prediction(partition: int, offset: int, ts: float, partitions: int = 4) -> Any:
+    """The message at ``offset`` of a partition (of ``partitions``) of the predictions topic:
+    one prediction, whose id belongs there."""
     value = orjson.dumps(
         {
-            "event_id": f"e{partition}-{offset}",
+            "event_id": event_id_in(partition, partitions, f"e{partition}-{offset}"),
             "model": "m",
             "ts": ts,
             "task": "binary",
@@ -190,7 +192,7 @@ def test_a_topic_partition_ahead_in_event_time_is_held_until_the_rest_catch_up()
     held: list[set[TP]] = []
 
     async def read(partition: int, offset: int, ts: float) -> None:
-        await runtime.process(prediction(partition, offset, ts))
+        await runtime.process(prediction(partition, offset, ts, partitions=2))
         held.append(set(consumer.held))
 
     async def run() -> None:

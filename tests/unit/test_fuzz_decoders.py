@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from schemas.codec import Decoded, decode_message, encode_envelope, encode_event
+from schemas.codec import MESSAGE_REASONS, Decoded, decode_message, encode_envelope, encode_event
 from schemas.events import (
     DECODERS,
     INTERACTION_KINDS,
@@ -30,6 +30,7 @@ from schemas.events import (
     MAX_ID_LEN,
     MAX_NAME_LEN,
     MAX_VECTOR_LEN,
+    PROBLEMS,
     SCHEMA_VERSION,
     TASKS,
     Interaction,
@@ -66,7 +67,11 @@ def check(decoded: Decoded, kind: str, items: int | None = None) -> None:
     """The properties of any decoded message; ``items`` is the envelope's item count."""
     assert all(isinstance(e, EVENT_TYPES[kind]) for e in decoded.events)
     for r in decoded.rejected:
-        assert isinstance(r.reason, str) and r.reason.strip(), r
+        # a stable code, whatever the input held; the detail names it
+        assert r.reason in MESSAGE_REASONS or (
+            r.reason.partition(".")[2] in PROBLEMS and r.index >= -1
+        ), r
+        assert isinstance(r.detail, str) and r.detail.strip(), r
         assert isinstance(r.raw, bytes)
     whole = [r for r in decoded.rejected if r.index == -1]
     if whole:  # the message as a whole: one rejection and nothing else
@@ -524,7 +529,8 @@ def test_size_limit_is_exact(kind_events: tuple[str, list[dict[str, Any]]], slac
     assert not decode(raw, kind, max_bytes=len(raw) + slack).rejected
     over = decode(raw, kind, max_bytes=max(len(raw) - 1 - slack, 0))
     assert [r.index for r in over.rejected] == [-1] and not over.events
-    assert "exceeds the limit" in over.rejected[0].reason
+    assert over.rejected[0].reason == "message_too_large"
+    assert "exceeds the limit" in over.rejected[0].detail
 
 
 # --- explicit boundaries ----------------------------------------------------------------------
@@ -590,7 +596,10 @@ def test_prediction_boundaries(change: dict[str, Any], rejected_field: str | Non
             assert len(decoded.events) == 1 and not decoded.rejected, decoded.rejected
         else:
             (r,) = decoded.rejected
-            assert r.reason.startswith(rejected_field), r.reason
+            assert r.detail.startswith(rejected_field), r.detail
+            assert (
+                r.reason == f"{rejected_field.split('.')[0].split(' ')[0]}.{r.reason.split('.')[1]}"
+            )
 
 
 @pytest.mark.parametrize("token", [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400"])
@@ -599,7 +608,8 @@ def test_non_finite_tokens_are_rejected_by_field(token: bytes, field: str) -> No
     raw = orjson.dumps({k: v for k, v in BASE.items() if k != field})[:-1]
     raw += b', "' + field.encode() + b'": ' + token + b"}"
     (r,) = decode(raw, "prediction").rejected
-    assert r.reason.startswith(field), r.reason
+    assert r.detail.startswith(field), r.detail
+    assert r.reason.startswith(f"{field}."), r.reason
 
 
 def test_non_finite_feature_values_are_data_not_errors() -> None:
