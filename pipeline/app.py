@@ -17,6 +17,7 @@ from faust.sensors import Monitor
 from faust.types import ConsumerT
 
 from pipeline.agents import compute as compute_agent
+from pipeline.agents import query as query_agent
 from pipeline.agents import sink as sink_agent
 from pipeline.compute import ComputeRuntime
 from pipeline.kafka import BoundedConsumer, ensure_topics
@@ -108,6 +109,7 @@ def create_app(settings: Settings) -> faust.App:
     if settings.role in ("all", "sink"):
         sink = sink_agent.SinkRuntime(app, settings, topics, run_id)
         sink_agent.register(app, sink)
+        query_agent.register(app, sink)
     if settings.idle_exit_seconds > 0:
         _register_idle_exit(app, settings.idle_exit_seconds, compute, sink)
     return app

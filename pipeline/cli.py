@@ -19,7 +19,8 @@ import orjson
 
 from pipeline.settings import Settings
 
-SECRET_FLAGS = {"sasl_password"}  # secrets come from the environment or the file only
+#: Secrets come from the environment or the file only.
+SECRET_FLAGS = {"sasl_password", "query_token"}
 
 
 def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -67,23 +68,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    from pipeline.sink.clickhouse import ClickHouseSink
+    from pipeline.results import ResultReader
 
-    settings = _settings(args)
-    sink = ClickHouseSink(
-        settings.clickhouse_dsn, settings.clickhouse_database, settings.window_seconds
-    )
-    sink.migrate()
-    columns, rows = sink.query(args.sql)
-    sink.close()
+    with ResultReader(_settings(args)) as reader:
+        columns, rows = reader.query(args.sql)
     if args.format == "json":
         sys.stdout.buffer.write(
-            orjson.dumps(
-                [dict(zip(columns, r, strict=True)) for r in rows],
-                default=str,
-                option=orjson.OPT_NON_STR_KEYS,
-            )
-            + b"\n"
+            orjson.dumps([dict(zip(columns, r, strict=True)) for r in rows]) + b"\n"
         )
     else:
         _print_table(columns, rows)
@@ -231,8 +222,10 @@ def build_parser() -> argparse.ArgumentParser:
     query = sub.add_parser(
         "query",
         help="run SQL against the result database and print it",
-        description="Run one SQL statement against the result database. "
-        "With the embedded chDB, run it while no worker holds the database.",
+        description="Run one read-only SQL statement against the result database: through "
+        "the query endpoint of the worker that holds an embedded database, on the database "
+        "itself when none does, or on the ClickHouse server. Nothing it runs changes a "
+        "table, view, setting or file.",
     )
     query.add_argument("sql", help='e.g. "SELECT * FROM quality_windows ORDER BY window_start"')
     query.add_argument("--format", choices=("table", "json"), default="table")

@@ -50,7 +50,7 @@ ORDER BY stream, detector
 
 def run_demo(events: int, data_dir: str, seed: int = 0) -> int:
     from pipeline.cli import _print_table
-    from pipeline.sink.clickhouse import ClickHouseSink
+    from pipeline.results import ResultReader
     from producers.simulate import simulate, training_features
 
     root = Path(data_dir).resolve()
@@ -89,21 +89,20 @@ def run_demo(events: int, data_dir: str, seed: int = 0) -> int:
         "compute: no throughput line in the worker log",
     )
     print(f"worker ran {seconds:.1f}s (start-up and {idle:.0f}s idle wait included); {rate}")
-    sink = ClickHouseSink(dsn, "modelmon")
-    sink.migrate()
+    reader = ResultReader(Settings.load(overrides={"clickhouse_dsn": dsn}))
     print(
         f"\nClassification quality per 1-minute window (noise added from event "
         f"{int(events * 0.5)} on), from ClickHouse:\n"
     )
-    _print_table(*sink.query(QUALITY_SQL))
+    _print_table(*reader.query(QUALITY_SQL))
     print("\nFeature drift per window against the training images (PSI > 0.2 flags):\n")
-    _print_table(*sink.query(DRIFT_SQL))
+    _print_table(*reader.query(DRIFT_SQL))
     print(
         "\nClients: share of their inputs outside the training images' range, per window"
         " (the scraper probes with random images):\n"
     )
-    _print_table(*sink.query(CLIENTS_SQL))
+    _print_table(*reader.query(CLIENTS_SQL))
     print("\nOnline detectors that fired (per partition, on the score and error streams):\n")
-    _print_table(*sink.query(DETECTIONS_SQL))
-    sink.close()
+    _print_table(*reader.query(DETECTIONS_SQL))
+    reader.close()
     return 0

@@ -44,6 +44,34 @@ class Settings:
         secret=True,
     )
     clickhouse_database: str = _setting("modelmon", "ClickHouse database of the result tables")
+    query_listen: str = _setting(
+        "127.0.0.1:0",
+        "where a worker holding the embedded database answers read-only SQL (host:port; port 0"
+        " = a free one, published next to the database; empty = no endpoint)",
+    )
+    query_token: str = _setting(
+        "",
+        "token the query endpoint requires (default: a random one per start, published next"
+        " to the database; environment or file only)",
+        secret=True,
+    )
+    query_url: str = _setting(
+        "",
+        "modelmon query: read through this worker's query endpoint (http://host:port, with"
+        " query_token) instead of finding the database",
+    )
+    query_timeout_seconds: float = _setting(
+        10.0, "longest a read-only query runs (the embedded sink's writes wait); 0 = no limit"
+    )
+    query_max_rows: int = _setting(
+        100_000, "most rows a read-only query may return (more is an error); 0 = no limit"
+    )
+    query_max_bytes: int = _setting(
+        67_108_864, "most bytes of result a read-only query may return; 0 = no limit"
+    )
+    query_max_memory_bytes: int = _setting(
+        1_073_741_824, "most memory a read-only query may use; 0 = no limit"
+    )
     window_seconds: int = _setting(60, "tumbling event-time window size")
     lateness_seconds: int = _setting(30, "allowed lateness: older events are counted as late")
     label_ttl_seconds: int = _setting(

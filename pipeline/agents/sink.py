@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from itertools import chain
@@ -43,6 +44,7 @@ class SinkRuntime:
         self.inputs = (topics.metrics, topics.deadletter)
         self.run_id = run_id
         self.sink: ClickHouseSink | None = None
+        self._opening = threading.Lock()
         self.targets: dict[str, tuple[ClickHouseSink, Deriver]] = {}
         self.last_input = time.monotonic()
         self.counters = {"write_failures": 0, "outage_ms": 0, "rows_written": 0}
@@ -60,13 +62,17 @@ class SinkRuntime:
         self.lock = asyncio.Lock()
 
     def open(self) -> ClickHouseSink:
-        if self.sink is None:
-            self.sink = ClickHouseSink(
-                self.settings.clickhouse_dsn,
-                self.settings.clickhouse_database,
-                self.settings.window_seconds,
-            )
-            self.sink.migrate()
+        """The live database, opened and migrated on first use (blocking; the sink's writes
+        and the query endpoint each call it from a thread of their own)."""
+        with self._opening:
+            if self.sink is None:
+                sink = ClickHouseSink(
+                    self.settings.clickhouse_dsn,
+                    self.settings.clickhouse_database,
+                    self.settings.window_seconds,
+                )
+                sink.migrate()
+                self.sink = sink
         return self.sink
 
     def _counter_rows(self, counters: dict[str, int]) -> list[dict]:

@@ -51,6 +51,31 @@ def scrub(text: str, dsn: str) -> str:
 
 _CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)(.*)@", re.I | re.S)
 
+
+def chdb_path(dsn: str) -> Path | None:
+    """The absolute directory of an embedded (``chdb://``) DSN, or None for a server.
+
+    >>> chdb_path("chdb:///var/lib/modelmon/chdb"), chdb_path("http://host:8123")
+    (PosixPath('/var/lib/modelmon/chdb'), None)
+    """
+    if not dsn.startswith("chdb://"):
+        return None
+    return Path(os.path.abspath(dsn.removeprefix("chdb://")))
+
+
+def connect(dsn: str) -> Any:
+    """A clickhouse-connect client of ``dsn``; ConnectionError (without the password) if it
+    cannot be opened."""
+    try:
+        # The scheme decides TLS (clickhouse-connect would infer it from the port only).
+        scheme = urlsplit(dsn).scheme
+        interface = scheme if scheme in ("http", "https") else None
+        return clickhouse_connect.get_client(dsn=dsn, interface=interface)
+    except Exception as exc:
+        reason = scrub(str(exc), dsn)
+        raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {reason}") from None
+
+
 #: The embedded engine's allocator (chDB's jemalloc) settings, unless ``JE_MALLOC_CONF`` is
 #: set already. chDB builds it to keep freed pages for 5 s, so the sink held what its largest
 #: merges and derives of the last seconds had freed: a peak RSS of 594-623 MiB at 250k
@@ -73,14 +98,7 @@ class ClickHouseSink:
         self.database = database
         self.window_ms = window_seconds * 1000
         self._lock = threading.Lock()
-        scheme = urlsplit(dsn).scheme
-        try:
-            # The scheme decides TLS (clickhouse-connect would infer it from the port only).
-            interface = scheme if scheme in ("http", "https") else None
-            self._client = clickhouse_connect.get_client(dsn=dsn, interface=interface)
-        except Exception as exc:
-            reason = scrub(str(exc), dsn)
-            raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {reason}") from None
+        self._client = connect(dsn)
         self._described: dict[str, dict[str, str]] = {}
 
     def sibling(self, database: str) -> ClickHouseSink:
@@ -94,13 +112,28 @@ class ClickHouseSink:
         other.migrate()
         return other
 
+    @property
+    def lock(self) -> threading.Lock:
+        """Held by every call; a reader of the same engine takes it too, so that its queries
+        and these writes take turns."""
+        return self._lock
+
     def migrate(self) -> None:
-        """Create the database, tables and views that do not exist yet (idempotent)."""
+        """Create the database, tables and views that do not exist yet (idempotent), and store
+        the settings the views are made with (:data:`tables.SETTINGS_TABLE`). Only a worker
+        migrates: views follow the settings of the last worker that started."""
+        stored = tables.view_settings(self.window_ms // 1000)
         with self._lock:
             self._client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
+            self._client.command(tables.settings_ddl(self.database))
+            self._client.insert(
+                f"{self.database}.{tables.SETTINGS_TABLE}",
+                [list(item) for item in stored.items()],
+                column_names=["name", "value"],
+            )
             statements = [
                 *quality_sql.ddl(self.database),
-                *tables.ddl(self.database, self.window_ms),
+                *tables.ddl(self.database, stored),
                 *drift_sql.ddl(self.database),
             ]
             for statement in statements:

@@ -1,8 +1,10 @@
-"""Tables of the pipeline itself: dead letters, self-metrics and per-model activity
-(``{db}``-qualified DDL); and the settings every result table with large rows is created
-with."""
+"""Tables of the pipeline itself: the settings the views were created with, dead letters,
+self-metrics and per-model activity (``{db}``-qualified DDL); and the settings every result
+table with large rows is created with."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 #: Settings of the tables whose rows hold arrays or maps (kilobytes a row). A merge reads its
 #: parts a granule and a block at a time, and at the defaults (8192 rows or 10 MiB, and 1 MiB
@@ -14,7 +16,33 @@ LARGE_ROWS = (
 )
 
 
-def ddl(db: str, window_ms: int) -> list[str]:
+#: Settings (name -> value as text) the worker migrated with. Views that depend on settings
+#: are created from them, by the worker's migration only: a reader, whose settings may differ,
+#: never touches them, and SQL can see what they were made with.
+SETTINGS_TABLE = "modelmon_settings"
+
+
+def settings_ddl(db: str) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {db}.{SETTINGS_TABLE} (
+        name String,
+        value String,
+        stored_at DateTime64(3, 'UTC') DEFAULT now64(3)
+    ) ENGINE = ReplacingMergeTree(stored_at)
+    ORDER BY name"""
+
+
+def view_settings(window_seconds: int) -> dict[str, str]:
+    """The settings the views depend on, as :data:`SETTINGS_TABLE` stores them.
+
+    >>> view_settings(86400)
+    {'window_seconds': '86400'}
+    """
+    return {"window_seconds": str(window_seconds)}
+
+
+def ddl(db: str, stored: Mapping[str, str]) -> list[str]:
+    """The pipeline's tables, and its views made with the ``stored`` :func:`view_settings`."""
+    window_ms = int(stored["window_seconds"]) * 1000
     return [
         f"""CREATE TABLE IF NOT EXISTS {db}.dead_letters_rows (
             source_topic String,

@@ -27,3 +27,24 @@ def test_tables_with_array_or_map_columns_merge_in_small_blocks(chdb_path: Path)
     small_blocks = {name for name, engine in rows if settings in engine}
     assert {"feature_partials", "quality_class_partials", "reference_profiles"} <= large
     assert small_blocks == large
+
+
+def test_migrate_stores_the_settings_its_views_are_made_with(chdb_path: Path) -> None:
+    def activity_step(sink: ClickHouseSink) -> tuple[list, str]:
+        _, stored = sink.query("SELECT name, value FROM modelmon_settings FINAL")
+        _, ((view,),) = sink.query(
+            "SELECT create_table_query FROM system.tables"
+            " WHERE database = 'stored_settings' AND name = 'model_activity'"
+        )
+        return stored, view
+
+    ClickHouseSink(f"chdb://{chdb_path}", "stored_settings", window_seconds=86400).migrate()
+    stored, view = activity_step(ClickHouseSink(f"chdb://{chdb_path}", "stored_settings"))
+    assert stored == [("window_seconds", "86400")]
+    assert "toIntervalMillisecond(86400000)" in view
+    # The next worker to migrate (with other settings) makes the views anew, and says so.
+    later = ClickHouseSink(f"chdb://{chdb_path}", "stored_settings", window_seconds=30)
+    later.migrate()
+    stored, view = activity_step(later)
+    assert stored == [("window_seconds", "30")]
+    assert "toIntervalMillisecond(30000)" in view
