@@ -126,7 +126,7 @@ def _settings(topics: Topics, flush_events: int | None) -> Settings:
             "flush_events": flush_events,
             "topic_prefix": topics.prefix,
             "partitions": PARTITIONS,
-            "window_seconds": WINDOW_S,
+            "window": f"{WINDOW_S}s",
             "lateness_seconds": 2,
             "label_ttl_seconds": WINDOW_S,
         },

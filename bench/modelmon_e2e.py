@@ -55,7 +55,7 @@ def worker_settings(
         "clickhouse_dsn": f"chdb://{root / 'chdb'}",
         "data_dir": str(root),
         "idle_exit_seconds": "3",
-        "window_seconds": str(window_s),
+        "window": f"{window_s}s",
         "lateness_seconds": "2",
         "label_ttl_seconds": str(window_s),
         **EMBEDDED_WORKER_FLAGS,

@@ -28,7 +28,8 @@ from pipeline.windows import Mark
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """Marks by input topic for one partition, and the partition's detector state there: the
-    current ones and the previous ones; the last window start evicted when it was written
+    current ones and the previous ones; the last window start evicted, by window spec, when
+    it was written
     (events of it or earlier that are re-read after a restart were folded already); and, by
     input topic, the offset before which every message was read and its misrouted events
     re-routed (sent and acknowledged) when it was written."""
@@ -38,7 +39,7 @@ class Checkpoint:
     previous: Mapping[str, Mark] = field(default_factory=dict)
     state: Mapping[str, Any] = field(default_factory=dict)
     previous_state: Mapping[str, Any] = field(default_factory=dict)
-    evicted_through: int | None = None
+    evicted_through: Mapping[str, int] = field(default_factory=dict)
     read: Mapping[str, int] = field(default_factory=dict)
 
     def find(self, topic: str, offset: int) -> tuple[Mark, Mapping[str, Any]] | None:
@@ -57,7 +58,7 @@ class Checkpoint:
                 "previous": {t: [p.offset, p.max_ts] for t, p in self.previous.items()},
                 "state": self.state,
                 "previous_state": self.previous_state,
-                "evicted_through": self.evicted_through,
+                "evicted_through": dict(self.evicted_through),
                 "read": dict(self.read),
             }
         )
@@ -71,7 +72,7 @@ class Checkpoint:
             {t: Mark(*v) for t, v in obj["previous"].items()},
             obj.get("state", {}),
             obj.get("previous_state", {}),
-            obj.get("evicted_through"),
+            _by_window(obj.get("evicted_through")),
             obj.get("read", {}),
         )
 
@@ -110,3 +111,13 @@ async def read_checkpoints(
         return out
     finally:
         await consumer.stop()
+
+
+def _by_window(value: Any) -> dict[str, int]:
+    """``evicted_through`` as written: by window spec; a record written before families
+    could have windows of their own holds the one window's start ("": whatever it is)."""
+    if value is None:
+        return {}
+    if isinstance(value, int):
+        return {"": value}
+    return {str(k): int(v) for k, v in value.items()}

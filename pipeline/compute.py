@@ -28,7 +28,7 @@ from pipeline.partition import PartitionState
 from pipeline.ratelog import RateLimitedCounts
 from pipeline.settings import Settings
 from pipeline.windows import NEVER, Mark
-from schemas.rows import MAX_ROWS_MESSAGE_BYTES, encode_bounded, encode_rows
+from schemas.rows import encode_rows
 from schemas.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -91,8 +91,8 @@ class ComputeRuntime:
         self.pace_limit = NEVER
         self.pace_floor: TP | None = None
         self.pace_release = -NEVER
-        self.lead_ms = 1000 * (
-            settings.window_seconds + settings.label_ttl_seconds + settings.lateness_seconds
+        self.lead_ms = settings.window_spec.longest_ms + 1000 * (
+            settings.label_ttl_seconds + settings.lateness_seconds
         )
         river_classes(settings.detector_names)
 
@@ -266,11 +266,9 @@ class ComputeRuntime:
         released: list[tuple[int, PartitionState, dict[str, Mark], dict[str, int]]] = []
         self._pace()  # also when a topic-partition has nothing left to read
         for partition, state in list(self.states.items()):
-            rows = state.flush(open_windows)
-            for table, batch in rows.by_table():
-                # A partition's rows stay in order (see Rows.by_table).
-                for value in encode_bounded(table, batch, MAX_ROWS_MESSAGE_BYTES):
-                    self.outbox.append((self.topics.metrics, value, partition, None, None))
+            messages, _ = self.folder.rows(state, open_windows)
+            # A partition's rows stay in order (see Folder.rows).
+            self.outbox.extend((self.topics.metrics, m, partition, None, None) for m in messages)
             for name, count in state.counters.items():
                 self.counters[(partition, name)] = count
             pred_mark, label_mark = state.low_watermarks()
@@ -396,9 +394,4 @@ class ComputeRuntime:
 
     def idle(self) -> bool:
         """Nothing waits to be emitted."""
-        return not self.outbox and not any(
-            w.dirty
-            for s in self.states.values()
-            for b in s.buckets.values()
-            for w in b.windows.values()
-        )
+        return not self.outbox and not any(s.dirty() for s in self.states.values())

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 
 from pipeline.estimators.detectors import Detector
+from pipeline.estimators.family import INSERTED_AT, TIME, Column, Table
 
 StreamKey = tuple[str, str, str]  # model, model_version, stream
 Item = tuple[int, str, str, str, float]  # ts, event_id, model, model_version, value
@@ -105,3 +106,23 @@ class DetectorStreams:
                 for k, ds in self.detectors.items()
             ],
         }
+
+
+#: Where the detectors' firings go (``drift_detections``).
+DETECTIONS = Table(
+    "drift_detections_rows",
+    (
+        Column("model", "String"),
+        Column("model_version", "String"),
+        Column("partition", "UInt32"),
+        Column("stream", "String"),
+        Column("detector", "String"),
+        Column("position", "UInt64"),
+        Column("ts", TIME),
+        Column("event_id", "String"),
+        Column("params", "String"),
+        INSERTED_AT,
+    ),
+    ("model", "model_version", "stream", "detector", "partition", "position"),
+    engine="ReplacingMergeTree",
+)

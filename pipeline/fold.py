@@ -43,12 +43,16 @@ from typing import Any, Final
 
 from pipeline.partition import PartitionState
 from pipeline.settings import Settings
+from pipeline.windowstore import Rows
 from schemas.codec import Decoded, decode_message, encode_envelope
 from schemas.deadletter import FUTURE_TIMESTAMP, DeadLetter
+from schemas.rows import MAX_ROWS_MESSAGE_BYTES, encode_bounded
 from schemas.topics import Topics, partitions_for
 
 #: The counter of each kind's valid, re-routed and future-dated events.
 _COUNTER: Final = {"prediction": "predictions", "label": "labels"}
+#: What folds each kind of event into a partition.
+_FOLD: Final = {"prediction": PartitionState.add_predictions, "label": PartitionState.add_labels}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,8 +143,9 @@ class Folder:
         if events and not message.rerouted:
             owners = partitions_for([e.event_id for e in events], self.settings.partitions)
             elsewhere = set((owners != message.partition).nonzero()[0].tolist())
-        add = state.add_predictions if message.kind == "prediction" else state.add_labels
-        refused, forwarded = add(message.offset, events, elsewhere, message.rerouted)
+        refused, forwarded = _FOLD[message.kind](
+            state, message.offset, events, elsewhere, message.rerouted
+        )
         for i, reason, detail in refused:
             at = where[i] if where is not None else i
             out.dead_letters.append(
@@ -157,6 +162,18 @@ class Folder:
                 out.reroutes = self._reroutes(message, decoded, at, partitions)
         self.counters[(message.partition, "dead_letters")] += len(out.dead_letters)
         return out
+
+    def rows(self, state: PartitionState, open_windows: bool = True) -> tuple[list[bytes], Rows]:
+        """The rows of what changed in ``state`` since its last flush, as metrics messages in
+        the order the sink needs them (see :data:`pipeline.estimators.registry.FAMILIES`),
+        and as they were."""
+        rows = state.flush(open_windows)
+        messages = [
+            value
+            for table, batch in rows.by_table()
+            for value in encode_bounded(table, batch, MAX_ROWS_MESSAGE_BYTES, self.result_set)
+        ]
+        return messages, rows
 
     def _admit(
         self, message: InputMessage, decoded: Decoded, out: Folded

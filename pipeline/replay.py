@@ -36,7 +36,7 @@ from pipeline.fold import Folder, InputMessage, is_rerouted
 from pipeline.partition import PartitionState
 from pipeline.settings import Settings
 from schemas.codec import decode_message
-from schemas.rows import MAX_ROWS_MESSAGE_BYTES, ROWS_BATCH_BYTES, encode_bounded
+from schemas.rows import MAX_ROWS_MESSAGE_BYTES, ROWS_BATCH_BYTES
 from schemas.topics import Topics, partition_for
 
 #: A message for the broker: topic, partition (None: the producer's choice), value, headers.
@@ -287,7 +287,7 @@ class Replayer:
         """Predictions in [start, end); labels until their predictions can no longer join."""
         start, end = self.time_range  # type: ignore[misc]
         if kind == "label":
-            end += (self.settings.window_seconds + self.settings.label_ttl_seconds) * 1000
+            end += self.settings.window_spec.longest_ms + self.settings.label_ttl_seconds * 1000
         return start <= ts_ms < end
 
     def flush(self, open_windows: bool = True) -> list[Outgoing]:
@@ -296,16 +296,10 @@ class Replayer:
         self.pending = 0
         out: list[Outgoing] = []
         for _, state in sorted(self.states.items()):
-            rows = state.flush(open_windows)
-            self.summary.windows += len(rows.windows)
-            for table, batch in rows.by_table():
-                self.summary.rows += len(batch)
-                out += [
-                    (self.topics.metrics, None, value, None)
-                    for value in encode_bounded(
-                        table, batch, MAX_ROWS_MESSAGE_BYTES, self.result_set
-                    )
-                ]
+            messages, rows = self.folder.rows(state, open_windows)
+            self.summary.windows += rows.windows
+            self.summary.rows += sum(len(batch) for _, batch in rows.by_table())
+            out += [(self.topics.metrics, None, m, None) for m in messages]
         return out
 
 
@@ -441,7 +435,7 @@ async def locate(
     end = {k: v[1] for k, v in plan.offsets.items() if v[1] is not None}
     if plan.time_range is not None:
         lo, hi = plan.time_range
-        extra = (settings.window_seconds + settings.label_ttl_seconds) * 1000
+        extra = settings.window_spec.longest_ms + settings.label_ttl_seconds * 1000
         first = await offsets_for_time(settings, partitions, lo)
         start |= {k: max(v - 1, 0) for k, v in first.items()}  # the one before may straddle
         last = await offsets_for_time(settings, partitions, hi)

@@ -3,9 +3,9 @@
 Every setting is declared once below with its default, type and meaning; the CLI builds its
 flags and ``--help`` from the same declarations. Secrets are never printed.
 
->>> s = Settings.load(env={"MODELMON_WINDOW_SECONDS": "30"}, overrides={"partitions": 2})
->>> s.window_seconds, s.partitions
-(30, 2)
+>>> s = Settings.load(env={"MODELMON_WINDOW": "30s"}, overrides={"partitions": 2})
+>>> str(s.window_spec), s.partitions
+('30s', 2)
 >>> "hunter2" in repr(Settings.load(env={"MODELMON_SASL_PASSWORD": "hunter2"}))
 False
 """
@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from pipeline.windows import WindowSpec
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 
@@ -72,7 +74,19 @@ class Settings:
     query_max_memory_bytes: int = _setting(
         1_073_741_824, "most memory a read-only query may use; 0 = no limit"
     )
-    window_seconds: int = _setting(60, "tumbling event-time window size")
+    window: str = _setting(
+        "60s",
+        "tumbling event-time windows: a size (60, 60s, 5m, 1h: aligned to the epoch) or a"
+        " calendar unit (hour, day, week from Monday, month) on the clock of window_timezone",
+    )
+    window_timezone: str = _setting(
+        "UTC", "IANA time zone of calendar windows (e.g. Europe/Berlin)"
+    )
+    family_windows: str = _setting(
+        "",
+        "windows of their own for some metric families, as family=window pairs"
+        " (e.g. classification=day,features=1h); the others use window",
+    )
     lateness_seconds: int = _setting(30, "allowed lateness: older events are counted as late")
     label_ttl_seconds: int = _setting(
         3600, "how long past its window a prediction waits for its label (and a label for it)"
@@ -180,7 +194,6 @@ class Settings:
             )
         for name in (
             "partitions",
-            "window_seconds",
             "auc_bins",
             "flush_events",
             "sink_batch_messages",
@@ -219,6 +232,8 @@ class Settings:
             )
         if not self.max_future_seconds >= 0:
             raise ValueError(f"max_future_seconds: must be >= 0, got {self.max_future_seconds}")
+        self.window_spec  # noqa: B018 - validates the windows
+        self.family_window_specs  # noqa: B018
         if self.lateness_seconds < 0 or self.label_ttl_seconds < 0:
             raise ValueError("lateness_seconds and label_ttl_seconds must be >= 0")
 
@@ -263,6 +278,28 @@ class Settings:
         return start, end
 
     @property
+    def window_spec(self) -> WindowSpec:
+        """``window`` (and ``window_timezone`` for calendar windows) as a WindowSpec."""
+        return _window_spec("window", self.window, self.window_timezone)
+
+    @property
+    def family_window_specs(self) -> dict[str, WindowSpec]:
+        """The families ``family_windows`` gives windows of their own."""
+        from pipeline.estimators.registry import FAMILIES
+
+        known = {f.name for f in FAMILIES}
+        out: dict[str, WindowSpec] = {}
+        for item in filter(None, (i.strip() for i in self.family_windows.split(","))):
+            name, eq, text = item.partition("=")
+            if not eq or name.strip() not in known:
+                raise ValueError(
+                    f"family_windows: expected family=window pairs of the families"
+                    f" {sorted(known)}, got {item!r}"
+                )
+            out[name.strip()] = _window_spec("family_windows", text.strip(), self.window_timezone)
+        return out
+
+    @property
     def drift_deciders(self) -> tuple[str, ...]:
         return tuple(n.strip() for n in self.drift_decide_by.split(",") if n.strip())
 
@@ -293,6 +330,14 @@ class Settings:
     def docs() -> list[tuple[str, Any, str]]:
         """(name, default, doc) of every setting, for ``--help`` and the README."""
         return [(f.name, f.default, f.metadata["doc"]) for f in fields(Settings)]
+
+
+def _window_spec(setting: str, text: str, zone: str) -> WindowSpec:
+    try:
+        spec = WindowSpec.parse(text)
+        return WindowSpec.parse(text, tz=zone) if spec.is_calendar else spec
+    except ValueError as exc:
+        raise ValueError(f"{setting}: {exc}") from None
 
 
 def _epoch_ms(text: str) -> int:

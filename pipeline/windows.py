@@ -442,6 +442,19 @@ class WindowSpec:
         return None if self.seconds is None else self.seconds * 1000
 
     @property
+    def longest_ms(self) -> int:
+        """An upper bound of the length of any window: the size of fixed ones; a calendar
+        unit's longest length, with two hours to spare for a change of the zone's offset.
+
+        >>> WindowSpec.parse("5m").longest_ms, WindowSpec.parse("day").longest_ms
+        (300000, 93600000)
+        """
+        if self.seconds is not None:
+            return self.seconds * 1000
+        hours = {"hour": 1, "day": 24, "week": 7 * 24, "month": 31 * 24}[self.unit]
+        return (hours + (0 if self.unit == "hour" else 2)) * 3_600_000
+
+    @property
     def zone(self) -> tzinfo:
         """The zone whose clock calendar windows follow (UTC for fixed windows)."""
         return _zone(self.tz).tz
@@ -500,3 +513,39 @@ class WindowSpec:
         since = max(_SCAN_FROM_S * 1000, int(ts.min()) - _REACH_MS)
         offsets = _zone(self.tz).offsets_for(since, int(ts.max()) + _REACH_MS)
         return _calendar_windows(self.unit, offsets, ts)
+
+
+class Windows:
+    """The windows of one :class:`WindowSpec` as a partition's loop over events asks for
+    them: the bounds of the last window found are kept, since consecutive events mostly fall
+    in one window, and a calendar window's bounds cost a zone lookup.
+
+    >>> days = Windows(WindowSpec.parse("day", tz="Europe/Berlin"))
+    >>> start = days.start(1_700_000_000_000)  # 2023-11-14 23:13:20 in Berlin
+    >>> start, days.end(start) - start
+    (1699916400000, 86400000)
+    """
+
+    __slots__ = ("_end", "_start", "size", "spec")
+
+    def __init__(self, spec: WindowSpec) -> None:
+        self.spec = spec
+        self.size = spec.size_ms
+        self._start = self._end = 0
+
+    def start(self, ts_ms: int) -> int:
+        size = self.size
+        if size is not None:
+            return ts_ms - ts_ms % size
+        if not self._start <= ts_ms < self._end:
+            self._start = self.spec.start(ts_ms)
+            self._end = self.spec.end(self._start)
+        return self._start
+
+    def end(self, start_ms: int) -> int:
+        size = self.size
+        if size is not None:
+            return start_ms + size
+        if start_ms == self._start:
+            return self._end
+        return self.spec.end(start_ms)

@@ -69,7 +69,7 @@ class SinkRuntime:
                 sink = ClickHouseSink(
                     self.settings.clickhouse_dsn,
                     self.settings.clickhouse_database,
-                    self.settings.window_seconds,
+                    self.settings,
                 )
                 sink.migrate()
                 self.sink = sink
@@ -141,10 +141,11 @@ class SinkRuntime:
         return counters
 
     def _mark_stale(self, batch: RowBatch) -> None:
-        if batch.table == "reference_profiles":
+        deriver = self._target(batch.result_set)[1]
+        if batch.table in deriver.rederive_on:
             profiles = {(r["model"], r["model_version"]) for r in batch.rows}
             self.new_profiles.setdefault(batch.result_set, set()).update(profiles)
-        elif batch.table in ("feature_partials", "client_partials"):
+        elif batch.table in deriver.triggers:
             windows = {window_of(r) for r in batch.rows}
             self.stale.setdefault(batch.result_set, set()).update(windows)
         else:
@@ -264,7 +265,7 @@ def _insert_derived(sink: ClickHouseSink, held: dict[str, list[dict[str, Any]]])
     """Insert the derived rows ``held`` (by table, emptied) and return how many there were."""
     written = 0
     for table, rows in held.items():
-        sink.insert(f"{table}_rows", rows)
+        sink.insert(table, rows)
         written += len(rows)
     held.clear()
     return written

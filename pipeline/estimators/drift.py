@@ -17,13 +17,30 @@ from __future__ import annotations
 
 import functools
 import math
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from scipy import special, stats
 
+from pipeline.estimators.family import (
+    INSERTED_AT,
+    VERSION,
+    Accumulator,
+    Column,
+    Derivation,
+    MetricFamily,
+    Pairs,
+    Predictions,
+    Row,
+    Table,
+    Views,
+    derived_table,
+    finite,
+    partial_table,
+)
 from pipeline.estimators.features import (
     OTHER,
     FeatureWindow,
@@ -31,6 +48,9 @@ from pipeline.estimators.features import (
     cap_categories,
     category_key,
 )
+
+if TYPE_CHECKING:
+    from pipeline.settings import Settings
 
 __all__ = [
     "METHODS",
@@ -824,3 +844,271 @@ def type_mismatch(window: Summary, reference: Summary) -> Quality:
         return _quality("type_mismatch", 0, 0)
     count = window.text if kind == "numeric" else window.numeric
     return _quality("type_mismatch", count, window.present)
+
+
+# --- the family: feature summaries per window, for drift and data quality -------------------
+
+#: The summary columns of a feature (a row of :meth:`FeatureWindow.rows`).
+SUMMARY_COLUMNS: tuple[Column, ...] = (
+    Column("feature", "String"),
+    Column("present", "UInt64"),
+    Column("numeric", "UInt64"),
+    Column("nonfinite", "UInt64"),
+    Column("text", "UInt64"),
+    Column("sum", "Nullable(Float64)"),
+    Column("sum_sq", "Nullable(Float64)"),
+    Column("min", "Nullable(Float64)"),
+    Column("max", "Nullable(Float64)"),
+    Column("sketch", "Map(Int32, UInt64)"),
+    Column("categories", "Map(String, UInt64)"),
+    Column("values", "Array(Float64)"),
+)
+#: The feature a regression model's targets are summarised as (its labels, for label drift).
+TARGET = "__target__"
+
+
+class FeatureSummaries(Accumulator):
+    """The feature summaries of one window on one partition: of every prediction's observed
+    features (:meth:`Predictions.observed`) and, for regression models, of the targets their
+    labels bring (feature ``__target__``). Feature rows are versioned by the predictions
+    folded in, the only thing they depend on, so a window's labels do not re-send (nor make
+    the sink re-derive) them; the target's by the targets folded in.
+
+    >>> s = FeatureSummaries()
+    >>> s.add_predictions(Predictions("regression", [2.5], [None], [None], [{"x": 1.0}], [None]))
+    >>> sorted((r["feature"], r["version"]) for r in s.rows()["feature_partials"])
+    [('__prediction__', 1), ('x', 1)]
+    >>> s.add_pairs(Pairs("regression", ["3"], [2.5], [None], [None]))
+    >>> [(r["feature"], r["version"]) for r in s.rows()["feature_partials"]]
+    [('__target__', 1)]
+    """
+
+    def __init__(self) -> None:
+        self.window = FeatureWindow()
+        self.targets = FeatureWindow()
+        self._emitted = (0, 0)
+
+    def add_predictions(self, batch: Predictions) -> None:
+        self.window.update(batch.observed())
+
+    def add_pairs(self, batch: Pairs) -> None:
+        if batch.task == "regression":
+            self.targets.update_column(TARGET, np.asarray(batch.y_true, dtype=np.float64))
+
+    def merge(self, other: FeatureSummaries) -> None:
+        self.window.merge(other.window)
+        self.targets.merge(other.targets)
+
+    @property
+    def version(self) -> int:
+        return self.window.events + self.targets.events
+
+    def rows(self) -> dict[str, list[Row]]:
+        out: list[Row] = []
+        for summary, emitted in zip((self.window, self.targets), self._emitted, strict=True):
+            if summary.events != emitted:
+                out += [r | {"version": summary.events} for r in summary.rows()]
+        self._emitted = (self.window.events, self.targets.events)
+        return {"feature_partials": out} if out else {}
+
+
+class DriftFamily(MetricFamily):
+    """Feature summaries of every prediction, compared by the sink with a reference (drift)
+    and checked against it (data quality); see :mod:`pipeline.sink.derive`."""
+
+    name: ClassVar[str] = "features"
+    label_tasks: ClassVar[frozenset[str]] = frozenset({"regression"})
+    tables = (
+        partial_table("feature_partials", SUMMARY_COLUMNS, key=("feature",)),
+        Table(
+            "reference_profiles",
+            (
+                Column("model", "String"),
+                Column("model_version", "String"),
+                Column("name", "String"),
+                *SUMMARY_COLUMNS,
+                Column("rows", "UInt64"),
+                VERSION,
+                INSERTED_AT,
+            ),
+            ("model", "model_version", "name", "feature"),
+        ),
+    )
+    derived_tables = (
+        derived_table(
+            "drift_rows",
+            (
+                Column("feature", "String"),
+                Column("reference", "String"),
+                Column("method", "String"),
+                Column("statistic", "Nullable(Float64)"),
+                Column("p_value", "Nullable(Float64)"),
+                Column("p_adjusted", "Nullable(Float64)"),
+                Column("threshold", "Nullable(Float64)"),
+                Column("drifted", "UInt8"),
+                Column("window_count", "UInt64"),
+                Column("reference_count", "UInt64"),
+            ),
+            key=("feature", "method"),
+        ),
+        derived_table(
+            "data_quality_rows",
+            (
+                Column("feature", "String"),
+                Column("events", "UInt64"),
+                Column("present", "UInt64"),
+                Column("missing_rate", "Float64"),
+                Column("nonfinite", "UInt64"),
+                Column("type_mismatch", "UInt64"),
+                Column("out_of_range_rate", "Nullable(Float64)"),
+                Column("unseen_categories", "UInt64"),
+            ),
+            key=("feature",),
+        ),
+    )
+
+    def accepts_label(self, task: str, label: Any) -> bool:
+        return is_number(label)
+
+    def accumulator(self, counters: Counter[str]) -> FeatureSummaries:
+        return FeatureSummaries()
+
+    def derivation(self, settings: Settings) -> DriftDerivation:
+        return DriftDerivation(settings)
+
+    def views(self, views: Views) -> list[str]:
+        db = views.db
+        return [
+            *(
+                f"CREATE OR REPLACE VIEW {db}.{name} AS SELECT * FROM {db}.{name}_rows FINAL"
+                for name in ("drift", "data_quality")
+            ),
+            # One row per window: how many features drifted (by the decision rule), the
+            # largest PSI and the feature that has it.
+            f"""CREATE OR REPLACE VIEW {db}.drift_windows AS
+        SELECT model, model_version, segment, window_start, window_end,
+               uniqExactIf(feature, method = 'decision' AND drifted = 1) AS features_drifted,
+               uniqExact(feature) AS features,
+               maxIf(statistic, method = 'psi') AS max_psi,
+               argMaxIf(feature, statistic, method = 'psi') AS most_drifted
+        FROM {db}.drift
+        GROUP BY model, model_version, segment, window_start, window_end""",
+        ]
+
+
+def summaries(rows: Iterable[Mapping[str, Any]]) -> dict[str, Summary]:
+    """The summary of each feature in rows of summary columns (partials merged per window,
+    or a profile)."""
+    by_feature: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_feature[r["feature"]].append(r)
+    return {f: Summary.from_rows(rs) for f, rs in by_feature.items()}
+
+
+def is_number(label: Any) -> bool:
+    """Whether a decoded label is a number (a regression target): a float, or the decimal
+    text an integer-valued label is decoded to.
+
+    >>> is_number(2.5), is_number("-3"), is_number("cat")
+    (True, True, False)
+    """
+    return isinstance(label, float) or (isinstance(label, str) and label.lstrip("-").isdigit())
+
+
+class DriftDerivation(Derivation):
+    """Each window's ``drift`` rows (every method's statistic of every feature against its
+    reference, and the decision) and ``data_quality`` rows (missing, non-finite, mistyped,
+    out-of-range and unseen values), from a :class:`pipeline.sink.derive.Chunk`."""
+
+    triggers = ("feature_partials",)
+    rederive_on = ("reference_profiles",)
+
+    def __init__(self, settings: Settings) -> None:
+        self.correction = settings.drift_correction
+        self.min_count = settings.drift_min_count
+        # Effect sizes not chosen to decide are reported without a threshold.
+        self.thresholds: dict[str, float | None] = {
+            m.name: None
+            for m in METHODS.values()
+            if m.kind == "effect" and m.name not in settings.drift_deciders
+        }
+
+    def rows(self, chunk: Any, segment: str, window_start: int) -> dict[str, list[Row]]:
+        window = chunk.features(segment, window_start)
+        if not window:
+            return {}
+        references = chunk.references(segment, window_start)
+        base = chunk.key(segment, window_start)
+        version = {"version": chunk.version(segment, window_start)}
+        events = chunk.events(segment, window_start)
+        drift, quality = self._window(window, references, events)
+        return {
+            "drift_rows": [base | r | version for r in drift],
+            "data_quality_rows": [base | r | version for r in quality],
+        }
+
+    def _window(
+        self,
+        window: Mapping[str, Summary],
+        references: Mapping[str, tuple[str, Summary]],
+        events: int,
+    ) -> tuple[list[Row], list[Row]]:
+        results = {f: compare(window[f], ref) for f, (_, ref) in references.items()}
+        decisions = decide(
+            results,
+            correction=self.correction,  # type: ignore[arg-type]
+            min_count=self.min_count,
+            thresholds=self.thresholds,
+        )
+        drift = []
+        for feature, by_method in results.items():
+            name, ref = references[feature]
+            decision = decisions[feature]
+            for method, result in by_method.items():
+                drift.append(
+                    {
+                        "feature": feature,
+                        "reference": name,
+                        "method": method,
+                        "statistic": finite(result.statistic),
+                        "p_value": finite(result.p_value),
+                        "p_adjusted": finite(decision.adjusted.get(method)),
+                        "threshold": self.thresholds.get(method, METHODS[method].threshold),
+                        "drifted": int(method in decision.flagged),
+                        "window_count": result.n_window,
+                        "reference_count": result.n_reference,
+                    }
+                )
+            drift.append(
+                {
+                    "feature": feature,
+                    "reference": name,
+                    "method": "decision",
+                    "statistic": None,
+                    "p_value": None,
+                    "p_adjusted": None,
+                    "threshold": 0.0,
+                    "drifted": int(decision.drifted),
+                    "window_count": decision.count,
+                    "reference_count": ref.count,
+                }
+            )
+        quality = []
+        for feature, summary in window.items():
+            ref = references.get(feature, (None, None))[1]
+            present = summary.present
+            quality.append(
+                {
+                    "feature": feature,
+                    "events": max(events, present),
+                    "present": present,
+                    "missing_rate": 1.0 - present / events if events > present else 0.0,
+                    "nonfinite": summary.nonfinite,
+                    "type_mismatch": type_mismatch(summary, ref).count if ref else 0,
+                    "out_of_range_rate": finite(out_of_range_rate(summary, ref).rate)
+                    if ref
+                    else None,
+                    "unseen_categories": unseen_categories(summary, ref).count if ref else 0,
+                }
+            )
+        return drift, quality

@@ -398,45 +398,6 @@ class _Stats:
             if self.kept > exact_max:
                 self.values = None
 
-    def to_state(self) -> dict[str, Any]:
-        finite = self.numeric > self.nonfinite
-        return {
-            "present": self.present,
-            "numeric": self.numeric,
-            "nonfinite": self.nonfinite,
-            "text": self.text,
-            "sum": str(self.sum_fixed),  # exact integers beyond JSON's 64 bits
-            "sum_sq": str(self.sq_fixed),
-            "sq_inf": self.sq_inf,
-            "min": self.min if finite else None,  # JSON has no inf
-            "max": self.max if finite else None,
-            "sketch": list(zip(*(a.tolist() for a in self.sketch()), strict=True)),
-            "categories": sorted(self.categories.items()),
-            "other": self.other,
-            "values": None if self.values is None else self._values().tolist(),
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> _Stats:
-        s = cls()
-        for name in ("present", "numeric", "nonfinite", "text", "other"):
-            setattr(s, name, int(state[name]))
-        s.sum_fixed = int(state["sum"])
-        s.sq_fixed = int(state["sum_sq"])
-        s.sq_inf = bool(state["sq_inf"])
-        s.min = math.inf if state["min"] is None else float(state["min"])
-        s.max = -math.inf if state["max"] is None else float(state["max"])
-        if state["sketch"]:
-            index, counts = zip(*state["sketch"], strict=True)
-            s.add_buckets(np.array(index, dtype=np.int64), np.array(counts, dtype=np.int64))
-        s.categories = {str(k): int(c) for k, c in state["categories"]}
-        values = state["values"]
-        if values is None:
-            s.values = None
-        else:
-            s.values, s.kept = [np.asarray(values, dtype=np.float64)], len(values)
-        return s
-
     def row(self, feature: str) -> dict[str, Any]:
         categories = dict(sorted(self.categories.items()))
         if self.other:
@@ -486,8 +447,8 @@ class FeatureWindow:
     (1, 31.0, [31.0])
     >>> rows["city"]["text"], rows["city"]["categories"]
     (2, {'Oslo': 1, '__other__': 1})
-    >>> other = FeatureWindow.from_state(w.to_state())
-    >>> other.merge(w)
+    >>> other = FeatureWindow(max_categories=1)
+    >>> other.merge(w); other.merge(w)
     >>> [r["present"] for r in other.rows()], other.events
     ([2, 4], 6)
     """
@@ -636,30 +597,6 @@ class FeatureWindow:
         self.events += other.events
         for name, stats in other._stats.items():
             self._get(name).merge(stats, self.exact_max, self.max_categories)
-
-    def to_state(self) -> dict[str, Any]:
-        """A JSON-serialisable state (exact sums as decimal strings, no inf or NaN)."""
-        return {
-            "relative_accuracy": self.relative_accuracy,
-            "max_categories": self.max_categories,
-            "exact_max": self.exact_max,
-            "projections": self.projections,
-            "events": self.events,
-            "features": {k: s.to_state() for k, s in sorted(self._stats.items())},
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping[str, Any]) -> FeatureWindow:
-        """Rebuild an accumulator from :meth:`to_state` output (after a JSON round trip)."""
-        w = cls(
-            relative_accuracy=float(state["relative_accuracy"]),
-            max_categories=int(state["max_categories"]),
-            exact_max=int(state["exact_max"]),
-            projections=int(state["projections"]),
-        )
-        w.events = int(state["events"])
-        w._stats = {str(k): _Stats.from_state(s) for k, s in state["features"].items()}
-        return w
 
     def rows(self) -> list[dict[str, Any]]:
         """One row per feature seen (sorted by name), without key columns.

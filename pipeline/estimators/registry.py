@@ -1,66 +1,49 @@
-"""Stable metric names: the values of the ``metric`` column of the long ClickHouse views.
+"""The registry of metric families, and of the stable metric names they publish.
 
-A name, once published, keeps its meaning; ``docs/metrics.md`` gives the full definitions.
-Each family registers its metrics here, next to the estimator that accumulates them, and a
-test checks that the long view of the family emits exactly the registered names.
+Adding a family is a module with its :class:`~pipeline.estimators.family.MetricFamily` and
+one line in :data:`FAMILIES`. Their order is the order of their tables in the rows a
+partition emits; a family whose rows make the sink derive (feature summaries) comes last, so
+a window's other partials are stored by the time it derives. A name, once published, keeps
+its meaning; ``docs/metrics.md`` gives the full definitions.
+
+>>> [f.name for f in families(Settings())]
+['classification', 'clients', 'features']
+>>> "accuracy" in names("classification")
+True
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pipeline.estimators.classification import ClassificationFamily
+from pipeline.estimators.clients import ClientsFamily
+from pipeline.estimators.drift import DriftFamily
+from pipeline.estimators.family import Metric, MetricFamily, Table
+from pipeline.settings import Settings
 
-__all__ = ["Metric", "get", "names", "register", "registered"]
+__all__ = ["FAMILIES", "families", "names", "registered", "tables"]
 
-
-@dataclass(frozen=True)
-class Metric:
-    """One published metric: its family, stable name and one-line definition."""
-
-    family: str
-    name: str
-    definition: str
-    #: Dotted path of the estimator class whose partial rows the metric is computed from.
-    estimator: str
-
-
-_REGISTRY: dict[tuple[str, str], Metric] = {}
+FAMILIES: tuple[type[MetricFamily], ...] = (
+    ClassificationFamily,
+    ClientsFamily,
+    DriftFamily,
+)
 
 
-def register(family: str, name: str, definition: str, estimator: str) -> Metric:
-    """Register a metric; registering the same (family, name) twice is an error."""
-    if (family, name) in _REGISTRY:
-        raise ValueError(f"metric {family}/{name} is already registered")
-    metric = Metric(family, name, definition, estimator)
-    _REGISTRY[family, name] = metric
-    return metric
-
-
-def get(family: str, name: str) -> Metric:
-    """The registered metric ``name`` of ``family`` (``KeyError`` if unknown)."""
-    return _REGISTRY[family, name]
-
-
-def names(family: str) -> tuple[str, ...]:
-    """The metric names of one family, in registration order."""
-    return tuple(name for fam, name in _REGISTRY if fam == family)
+def families(settings: Settings) -> tuple[MetricFamily, ...]:
+    """The families as ``settings`` configure them, those it turns off left out."""
+    return tuple(f for cls in FAMILIES if (f := cls.configured(settings)) is not None)
 
 
 def registered() -> tuple[Metric, ...]:
-    """Every registered metric, in registration order."""
-    return tuple(_REGISTRY.values())
+    """Every published metric, family by family."""
+    return tuple(m for family in FAMILIES for m in family.metrics)
 
 
-CLASSIFICATION = "classification"
-_CLS = "pipeline.estimators.classification.ClassificationWindow"
+def names(family: str) -> tuple[str, ...]:
+    """The metric names of one family, in their order."""
+    return tuple(m.name for m in registered() if m.family == family)
 
-for _name, _definition in (
-    ("predictions", "number of predictions in the window, labelled or not"),
-    ("labelled", "number of predictions joined with a label in the window"),
-    ("accuracy", "correct / labelled; NULL when labelled = 0"),
-    ("macro_precision", "mean of tp / (tp + fp) over classes in y_true or y_pred (0 if no tp+fp)"),
-    ("macro_recall", "mean of tp / (tp + fn) over classes in y_true or y_pred (0 if no tp+fn)"),
-    ("macro_f1", "mean of 2tp / (2tp + fp + fn) over classes in y_true or y_pred"),
-    ("log_loss", "mean -ln(clip(p[y_true], eps, 1 - eps)) over events with probabilities"),
-    ("roc_auc", "binned one-vs-rest ROC AUC: class '1' if binary, else mean over classes"),
-):
-    register(CLASSIFICATION, _name, _definition, _CLS)
+
+def tables() -> tuple[Table, ...]:
+    """Every table of every family, partial and derived."""
+    return tuple(t for f in FAMILIES for t in (*f.tables, *f.derived_tables))

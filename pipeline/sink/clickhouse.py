@@ -21,7 +21,8 @@ from urllib.parse import urlsplit
 import clickhouse_connect
 import orjson
 
-from pipeline.sink import drift_sql, quality_sql, tables
+from pipeline.settings import Settings
+from pipeline.sink import tables
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,19 @@ EMBEDDED_MALLOC_CONF = "dirty_decay_ms:0"
 class ClickHouseSink:
     """One connection to the result database; methods are blocking and thread-safe."""
 
-    def __init__(self, dsn: str, database: str, window_seconds: int = 60) -> None:
+    def __init__(self, dsn: str, database: str, settings: Settings | None = None) -> None:
         if not _IDENTIFIER.match(database):
             raise ValueError(f"database name must be a plain identifier, got {database!r}")
         if dsn.startswith("chdb://"):
             Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
             os.environ.setdefault("JE_MALLOC_CONF", EMBEDDED_MALLOC_CONF)
+        settings = settings or Settings()
         self.database = database
-        self.window_ms = window_seconds * 1000
+        #: Every table and view, as the settings' families declare them.
+        self.schema = tables.Schema.of(settings)
+        self.view_settings = tables.view_settings(settings)
         self._lock = threading.Lock()
         self._client = connect(dsn)
-        self._described: dict[str, dict[str, str]] = {}
 
     def sibling(self, database: str) -> ClickHouseSink:
         """The same connection writing to another database (a replay's result set), migrated.
@@ -107,8 +110,12 @@ class ClickHouseSink:
         if not _IDENTIFIER.match(database):
             raise ValueError(f"database name must be a plain identifier, got {database!r}")
         other = object.__new__(ClickHouseSink)
-        other.database, other.window_ms = database, self.window_ms
-        other._lock, other._client, other._described = self._lock, self._client, {}
+        other.database, other.schema, other.view_settings = (
+            database,
+            self.schema,
+            self.view_settings,
+        )
+        other._lock, other._client = self._lock, self._client
         other.migrate()
         return other
 
@@ -119,25 +126,20 @@ class ClickHouseSink:
         return self._lock
 
     def migrate(self) -> None:
-        """Create the database, tables and views that do not exist yet (idempotent), and store
-        the settings the views are made with (:data:`tables.SETTINGS_TABLE`). Only a worker
-        migrates: views follow the settings of the last worker that started."""
-        stored = tables.view_settings(self.window_ms // 1000)
+        """Create the database, tables and views that do not exist yet, add the columns a
+        table lacks (idempotent), and store the settings the views are made with
+        (:data:`tables.SETTINGS`). Only a worker migrates: views follow the settings of the
+        last worker that started."""
+        stored = self.view_settings
         with self._lock:
             self._client.command(f"CREATE DATABASE IF NOT EXISTS {self.database}")
-            self._client.command(tables.settings_ddl(self.database))
+            for statement in self.schema.ddl(self.database, stored):
+                self._client.command(statement)
             self._client.insert(
-                f"{self.database}.{tables.SETTINGS_TABLE}",
+                f"{self.database}.{tables.SETTINGS.name}",
                 [list(item) for item in stored.items()],
                 column_names=["name", "value"],
             )
-            statements = [
-                *quality_sql.ddl(self.database),
-                *tables.ddl(self.database, stored),
-                *drift_sql.ddl(self.database),
-            ]
-            for statement in statements:
-                self._client.command(statement)
 
     def insert(self, table: str, rows: Sequence[Mapping[str, Any]]) -> None:
         """Insert rows (dicts with the same keys) into ``table`` of the result database."""
@@ -146,7 +148,7 @@ class ClickHouseSink:
         if not _IDENTIFIER.match(table):
             raise ValueError(f"table name must be a plain identifier, got {table!r}")
         columns = list(rows[0])
-        maps = self._maps(table)
+        maps = self.schema.table(table).int_map_columns
         data = [[_map_keys(row[c]) if c in maps else row[c] for c in columns] for row in rows]
         with self._lock:
             self._client.insert(f"{self.database}.{table}", data, column_names=columns)
@@ -167,9 +169,9 @@ class ClickHouseSink:
                 settings={"precise_float_parsing": 1},
             )
 
-    def time_columns(self, table: str) -> list[str]:
+    def time_columns(self, table: str) -> tuple[str, ...]:
         """The DateTime64 columns of ``table``."""
-        return [name for name, kind in self._columns(table).items() if kind.startswith("DateTime")]
+        return self.schema.table(table).time_columns
 
     def query(
         self, sql: str, parameters: Mapping[str, Any] | None = None
@@ -184,22 +186,6 @@ class ClickHouseSink:
     def close(self) -> None:
         with self._lock:
             self._client.close()
-
-    def _maps(self, table: str) -> set[str]:
-        return {c for c, kind in self._columns(table).items() if re.match(_INT_MAP, kind)}
-
-    def _columns(self, table: str) -> dict[str, str]:
-        """Column name → type of ``table`` (read once)."""
-        if table not in self._described:
-            with self._lock:
-                described = self._client.query(
-                    f"DESCRIBE TABLE {self.database}.{table}"
-                ).result_rows
-            self._described[table] = {str(r[0]): str(r[1]) for r in described}
-        return self._described[table]
-
-
-_INT_MAP = r"Map\((U?Int\d+),"
 
 
 def json_rows(rows: Sequence[dict[str, Any]], time_columns: Sequence[str]) -> bytes:

@@ -1,65 +1,51 @@
-"""Drift, data-quality and client-activity rows, derived from the summaries stored in
-ClickHouse.
+"""The sink's derive step: rows computed from the partial rows of all partitions stored in
+ClickHouse, for every family with a :class:`~pipeline.estimators.family.Derivation`.
 
-Feature summaries of a window arrive as partial rows, one per source partition. Whenever a
-batch brings new partials for some windows, the sink reads every partial of those windows
-(and of their references) back, merges them, compares each feature with its reference and
-writes one ``drift`` row per (feature, method) and one ``data_quality`` row per feature.
-A derived row's ``version`` is the sum of the versions of the partials it was computed from:
-it only grows as partials are completed, so the row computed from the complete window wins,
-whichever sink computed it and in whatever order partials arrived.
+Partial rows of a window arrive one per source partition. Whenever a batch brings new rows of
+a derivation's ``triggers`` for some windows, the sink reads the windows back a few window
+starts of one model at a time (a :class:`Chunk`), and every family's derivation computes its
+rows of each window from what the chunk read: the windows' feature summaries (their
+partitions' partials merged in ClickHouse), each feature's reference, and the windows'
+prediction counts. A derived row's ``version`` grows as the partials it was computed from are
+completed, so the row computed from the complete window wins, whichever sink computed it and
+in whatever order partials arrived.
 
 The reference of a feature is the uploaded profile ``drift_profile`` of the model and
 version when it has that feature; else the windows of the fixed range
 ``drift_reference_range`` when one is set, or the ``drift_previous_windows`` windows before the
-window (same model, version and segment) — never the window itself. A newly uploaded profile
-re-derives every stored window of its model and version; the new rows replace the old ones
-(same key and version: the last inserted wins).
-
-Client activity compares each client's feature summaries in a window (sketches, from
-``client_feature_partials``) with the same references: a client whose inputs the reference
-does not cover — one sweeping the input space, or sending crafted values — stands out from
-the model's usual traffic, as does a client whose requests jump above its previous windows.
+window (same model, version and segment) — never the window itself. A derivation's
+``rederive_on`` tables (a new reference profile) re-derive every stored window of its model
+and version; the new rows replace the old ones (same key and version: the last inserted
+wins).
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from pipeline.estimators.drift import (
-    METHODS,
-    Summary,
-    compare,
-    decide,
-    exact_sum,
-    out_of_range_rate,
-    outside_reference,
-    type_mismatch,
-    unseen_categories,
-)
+from pipeline.estimators.drift import Summary, exact_sum, summaries
+from pipeline.estimators.family import Derivation, MetricFamily, Row
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink
+from pipeline.windows import Windows
 
-Row = dict[str, Any]
 WindowRef = tuple[str, str, str, int]  # model, model_version, segment, window start (ms)
-DERIVED_TABLES = ("drift", "data_quality", "client_activity")
 SUMMARY_COLUMNS = (
     "feature, present, numeric, nonfinite, text, sum, sum_sq, min, max, sketch, categories, values"
 )
-#: One feature's partials merged in ClickHouse (GROUP BY ..., feature): counts summed,
-#: sketches and categories by ``sumMap``, raw values concatenated while every partial kept
-#: them (else empty, which :meth:`Summary.from_rows` reads as "not kept"). The float sums
-#: come back as arrays, summed exactly in Python (``_merged``); the aliases differ from the
-#: column names, which ClickHouse would otherwise substitute inside other aggregates.
 #: The rows of one model version whose window starts in [{lo}, {hi}] (epoch ms).
 _WINDOWS = (
     "WHERE model = {model:String} AND model_version = {version:String} "
     "AND window_start >= fromUnixTimestamp64Milli({lo:Int64}, 'UTC') "
     "AND window_start <= fromUnixTimestamp64Milli({hi:Int64}, 'UTC')"
 )
+#: One feature's partials merged in ClickHouse (GROUP BY ..., feature): counts summed,
+#: sketches and categories by ``sumMap``, raw values concatenated while every partial kept
+#: them (else empty, which :meth:`Summary.from_rows` reads as "not kept"). The float sums
+#: come back as arrays, summed exactly in Python (``_merged``); the aliases differ from the
+#: column names, which ClickHouse would otherwise substitute inside other aggregates.
 MERGED_COLUMNS = (
     "feature, sum(present) AS m_present, sum(numeric) AS m_numeric, "
     "sum(nonfinite) AS m_nonfinite, sum(text) AS m_text, "
@@ -72,25 +58,39 @@ MERGED_COLUMNS = (
 
 
 class Deriver:
-    """Computes drift and data-quality rows for windows whose feature partials changed."""
+    """Derives the rows of every family's :class:`Derivation` for windows that changed."""
 
     def __init__(self, sink: ClickHouseSink, settings: Settings) -> None:
         self.sink = sink
         self.settings = settings
-        self.window_ms = settings.window_seconds * 1000
-        self.reference_range = settings.drift_reference_range_ms
-        # Effect sizes not chosen to decide are reported without a threshold.
-        self.thresholds: dict[str, float | None] = {
-            m.name: None
-            for m in METHODS.values()
-            if m.kind == "effect" and m.name not in settings.drift_deciders
-        }
+        families = sink.schema.families
+        self.derivations: list[Derivation] = [
+            d for f in families if (d := f.derivation(settings)) is not None
+        ]
+        features = settings.family_window_specs.get("features", settings.window_spec)
+        self.windows = Windows(features)
+        # Prediction counts per window, from the families that count them on these windows.
+        self.counting: list[MetricFamily] = [
+            f
+            for f in families
+            if f.counts_predictions
+            and settings.family_window_specs.get(f.name, settings.window_spec) == features
+        ]
+
+    @property
+    def triggers(self) -> frozenset[str]:
+        """The tables whose new rows make their windows stale."""
+        return frozenset(t for d in self.derivations for t in d.triggers)
+
+    @property
+    def rederive_on(self) -> frozenset[str]:
+        """The tables whose new rows make every window of their (model, version) stale."""
+        return frozenset(t for d in self.derivations for t in d.rederive_on)
 
     def derive(self, windows: Iterable[WindowRef]) -> Iterator[dict[str, list[Row]]]:
-        """Rows for the ``drift``, ``data_quality`` and ``client_activity`` tables of these
-        windows (those of feature or client partials just inserted, see :func:`window_of`),
-        by table, a few window starts at a time: what is held at once does not grow with
-        the number of windows."""
+        """Derived rows of these windows (those of trigger rows just inserted, see
+        :func:`window_of`), by table, a few window starts at a time: what is held at once
+        does not grow with the number of windows."""
         changed: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
         for model, version, segment, ws in windows:
             changed[(model, version)].add((segment, ws))
@@ -98,17 +98,20 @@ class Deriver:
             yield from self._model(model, version, windows)
 
     def rederive(self, models: Iterable[tuple[str, str]]) -> Iterator[dict[str, list[Row]]]:
-        """Rows for every stored window of these (model, model_version), as :meth:`derive`
-        gives them: after a new reference profile, whose results replace those computed
-        against the old reference."""
+        """Derived rows of every stored window of these (model, model_version), as
+        :meth:`derive` gives them: after a new reference profile, whose results replace those
+        computed against the old reference."""
         for model, version in set(models):
-            _, stored = self.sink.query(
-                "SELECT DISTINCT segment, toUnixTimestamp64Milli(window_start) "
-                "FROM feature_partials WHERE model = {model:String} "
-                "AND model_version = {version:String}",
-                {"model": model, "version": version},
-            )
-            yield from self._model(model, version, set(stored))
+            stored: set[tuple[str, int]] = set()
+            for table in sorted(self.triggers):
+                _, rows = self.sink.query(
+                    "SELECT DISTINCT segment, toUnixTimestamp64Milli(window_start) "
+                    f"FROM {table} WHERE model = {{model:String}} "
+                    "AND model_version = {version:String}",
+                    {"model": model, "version": version},
+                )
+                stored.update((segment, ws) for segment, ws in rows)
+            yield from self._model(model, version, stored)
 
     def _model(
         self, model: str, version: str, windows: set[tuple[str, int]]
@@ -116,175 +119,153 @@ class Deriver:
         """Rows of one model's windows, ``CHUNK_STARTS`` window starts at a time in ascending
         order; each window's partials are read and merged once, and kept while later windows
         need them as their reference."""
-        previous_ms = self.settings.drift_previous_windows * self.window_ms
         summaries = _WindowSummaries(self, model, version)
         profile = self._profile(model, version)
         range_windows = None
-        if self.reference_range is not None:
-            lo, hi = self.reference_range  # [lo, hi): window starts (ms) up to hi - 1
+        reference_range = self.settings.drift_reference_range_ms
+        if reference_range is not None:
+            lo, hi = reference_range  # [lo, hi): window starts (ms) up to hi - 1
             range_windows = _WindowSummaries(self, model, version).load(lo, hi - 1)
-        for chunk in _chunks(windows):
-            out: dict[str, list[Row]] = {t: [] for t in DERIVED_TABLES}
-            first, last = min(ws for _, ws in chunk), max(ws for _, ws in chunk)
-            summaries.load(first - previous_ms, last)
-            params = {"model": model, "version": version, "lo": first - previous_ms, "hi": last}
-            events = {
-                (r["segment"], r["ws"]): r["events"]
-                for r in self._rows(
-                    "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, "
-                    f"sum(predictions) AS events FROM quality_partials FINAL {_WINDOWS} "
-                    "GROUP BY segment, ws",
-                    params,
-                )
-            }
-            clients = _Clients(self, params, first)
-            for segment, ws in sorted(chunk):
-                if range_windows is None:
-                    baseline = f"previous:{self.settings.drift_previous_windows}"
-                    previous = [
-                        summaries.features(segment, ws - k * self.window_ms)
-                        for k in range(1, self.settings.drift_previous_windows + 1)
-                    ]
-                else:
-                    baseline = f"range:{self.settings.drift_reference_range}"
-                    previous = range_windows.reference(segment, ws)
-                key = {
-                    "model": model,
-                    "model_version": version,
-                    "segment": segment,
-                    "window_start": ws,
-                    "window_end": ws + self.window_ms,
-                }
-                window = summaries.features(segment, ws)
-                references = self._references(window, (baseline, previous), profile)
-                window_events = events.get((segment, ws), 0)
-                if window:
-                    drift, quality = self._window(window, references, window_events)
-                    partials_version = summaries.versions[(segment, ws)]
-                    out["drift"] += [key | r | {"version": partials_version} for r in drift]
-                    out["data_quality"] += [
-                        key | r | {"version": partials_version} for r in quality
-                    ]
-                out["client_activity"] += [
-                    key | r for r in clients.rows(segment, ws, references, window_events)
-                ]
+        tables = [t.name for f in self.sink.schema.families for t in f.derived_tables]
+        for starts in _chunks(windows):
+            chunk = Chunk(self, model, version, starts, summaries, profile, range_windows)
+            for derivation in self.derivations:
+                derivation.prepare(chunk)
+            out: dict[str, list[Row]] = {t: [] for t in tables}
+            for segment, ws in sorted(starts):
+                for derivation in self.derivations:
+                    for table, rows in derivation.rows(chunk, segment, ws).items():
+                        out[table] += rows
             yield out
 
-    def _references(
-        self,
-        window: Mapping[str, Summary],
-        baseline: tuple[str, list[Mapping[str, Summary]]],
-        profile: Mapping[str, Summary],
-    ) -> dict[str, tuple[str, Summary]]:
-        """(name, summary) of each feature's reference: the profile when it has the feature,
-        else the baseline windows."""
-        baseline_name, baseline_windows = baseline
-        references: dict[str, tuple[str, Summary]] = {}
-        for feature in window:
-            if feature in profile:
-                references[feature] = (f"profile:{self.settings.drift_profile}", profile[feature])
-                continue
-            parts = [w[feature] for w in baseline_windows if feature in w]
-            if parts:
-                references[feature] = (baseline_name, Summary.merge(parts))
-        return references
-
-    def _window(
-        self,
-        window: Mapping[str, Summary],
-        references: Mapping[str, tuple[str, Summary]],
-        events: int,
-    ) -> tuple[list[Row], list[Row]]:
-        results = {f: compare(window[f], ref) for f, (_, ref) in references.items()}
-        decisions = decide(
-            results,
-            correction=self.settings.drift_correction,  # type: ignore[arg-type]
-            min_count=self.settings.drift_min_count,
-            thresholds=self.thresholds,
-        )
-        drift = []
-        for feature, by_method in results.items():
-            name, ref = references[feature]
-            decision = decisions[feature]
-            for method, result in by_method.items():
-                drift.append(
-                    {
-                        "feature": feature,
-                        "reference": name,
-                        "method": method,
-                        "statistic": _finite(result.statistic),
-                        "p_value": _finite(result.p_value),
-                        "p_adjusted": _finite(decision.adjusted.get(method)),
-                        "threshold": self._threshold(method),
-                        "drifted": int(method in decision.flagged),
-                        "window_count": result.n_window,
-                        "reference_count": result.n_reference,
-                    }
-                )
-            drift.append(
-                {
-                    "feature": feature,
-                    "reference": name,
-                    "method": "decision",
-                    "statistic": None,
-                    "p_value": None,
-                    "p_adjusted": None,
-                    "threshold": 0.0,
-                    "drifted": int(decision.drifted),
-                    "window_count": decision.count,
-                    "reference_count": ref.count,
-                }
-            )
-        quality = []
-        for feature, summary in window.items():
-            ref = references.get(feature, (None, None))[1]
-            present = summary.present
-            quality.append(
-                {
-                    "feature": feature,
-                    "events": max(events, present),
-                    "present": present,
-                    "missing_rate": 1.0 - present / events if events > present else 0.0,
-                    "nonfinite": summary.nonfinite,
-                    "type_mismatch": type_mismatch(summary, ref).count if ref else 0,
-                    "out_of_range_rate": _finite(out_of_range_rate(summary, ref).rate)
-                    if ref
-                    else None,
-                    "unseen_categories": unseen_categories(summary, ref).count if ref else 0,
-                }
-            )
-        return drift, quality
-
-    def _threshold(self, method: str) -> float | None:
-        """The method's threshold; None when it does not decide."""
-        return self.thresholds.get(method, METHODS[method].threshold)
-
     def _profile(self, model: str, version: str) -> dict[str, Summary]:
-        rows = self._rows(
+        rows = self.rows(
             f"SELECT {SUMMARY_COLUMNS} FROM reference_profiles FINAL "
             "WHERE model = {model:String} AND model_version = {version:String} "
             "AND name = {name:String}",
             {"model": model, "version": version, "name": self.settings.drift_profile},
         )
-        return _summaries(rows)
+        return summaries(rows)
 
-    def _rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+    def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
         columns, rows = self.sink.query(sql, params)
         return [dict(zip(columns, r, strict=True)) for r in rows]
 
-    def _merged_rows(
+    def merged_rows(
         self, table: str, keys: str, where: str, params: Mapping[str, Any]
     ) -> list[Row]:
         """One row per window, ``keys`` and feature of ``table``: its partitions' partials
         merged (``MERGED_COLUMNS``), in the shape of a partial row, ``version`` their sum."""
         return [
             _merged(r)
-            for r in self._rows(
+            for r in self.rows(
                 f"SELECT {keys}, toUnixTimestamp64Milli(window_start) AS ws, {MERGED_COLUMNS} "
                 f"FROM {table} FINAL {where} GROUP BY {keys}, ws, feature",
                 params,
             )
         ]
+
+    def previous_starts(self, ws: int) -> list[int]:
+        """The starts of the ``drift_previous_windows`` windows before the one at ``ws``."""
+        starts = []
+        for _ in range(self.settings.drift_previous_windows):
+            ws = self.windows.start(ws - 1)
+            starts.append(ws)
+        return starts
+
+
+class Chunk:
+    """A few window starts of one model being derived, and what every derivation reads of
+    them: feature summaries, references and prediction counts (see the module docstring)."""
+
+    def __init__(
+        self,
+        deriver: Deriver,
+        model: str,
+        version: str,
+        windows: set[tuple[str, int]],
+        summaries: _WindowSummaries,
+        profile: Mapping[str, Summary],
+        range_windows: _WindowSummaries | None,
+    ) -> None:
+        self.deriver = deriver
+        self.settings = deriver.settings
+        self.model, self.model_version = model, version
+        self.windows = windows
+        first, last = min(ws for _, ws in windows), max(ws for _, ws in windows)
+        self.first = first
+        lo = min(deriver.previous_starts(first), default=first)
+        self.params = {"model": model, "version": version, "lo": lo, "hi": last}
+        self.summaries = summaries.load(lo, last)
+        self.profile = profile
+        self.range_windows = range_windows
+        self.counts: dict[tuple[str, int], int] = {}
+        for family in deriver.counting:
+            table = family.tables[0].name
+            for r in deriver.rows(
+                "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, "
+                f"sum(predictions) AS events FROM {table} FINAL {_WINDOWS} "
+                "GROUP BY segment, ws",
+                self.params,
+            ):
+                key = (r["segment"], r["ws"])
+                self.counts[key] = self.counts.get(key, 0) + r["events"]
+        self._references: dict[tuple[str, int], dict[str, tuple[str, Summary]]] = {}
+
+    def key(self, segment: str, ws: int) -> Row:
+        return {
+            "model": self.model,
+            "model_version": self.model_version,
+            "segment": segment,
+            "window_start": ws,
+            "window_end": self.deriver.windows.end(ws),
+        }
+
+    def features(self, segment: str, ws: int) -> dict[str, Summary]:
+        """The window's feature summaries, its partitions merged."""
+        return self.summaries.features(segment, ws)
+
+    def version(self, segment: str, ws: int) -> int:
+        """The sum of the versions of the window's feature partials."""
+        return self.summaries.versions[(segment, ws)]
+
+    def events(self, segment: str, ws: int) -> int:
+        """The window's predictions (0 if no family counting them shares its windows)."""
+        return self.counts.get((segment, ws), 0)
+
+    def previous_starts(self, ws: int) -> list[int]:
+        return self.deriver.previous_starts(ws)
+
+    def rows(self, sql: str, params: Mapping[str, Any]) -> list[Row]:
+        return self.deriver.rows(sql, params)
+
+    def merged_rows(self, table: str, keys: str, params: Mapping[str, Any]) -> list[Row]:
+        """:meth:`Deriver.merged_rows` of the windows starting in [``lo``, ``hi``]."""
+        return self.deriver.merged_rows(table, keys, _WINDOWS, params)
+
+    def references(self, segment: str, ws: int) -> dict[str, tuple[str, Summary]]:
+        """(name, summary) of the reference of each feature of the window: the profile when
+        it has the feature, else the baseline windows."""
+        key = (segment, ws)
+        if key not in self._references:
+            settings = self.settings
+            if self.range_windows is None:
+                baseline = f"previous:{settings.drift_previous_windows}"
+                previous = [self.summaries.features(segment, s) for s in self.previous_starts(ws)]
+            else:
+                baseline = f"range:{settings.drift_reference_range}"
+                previous = self.range_windows.reference(segment, ws)
+            references: dict[str, tuple[str, Summary]] = {}
+            for feature in self.features(segment, ws):
+                if feature in self.profile:
+                    name = f"profile:{settings.drift_profile}"
+                    references[feature] = (name, self.profile[feature])
+                    continue
+                parts = [w[feature] for w in previous if feature in w]
+                if parts:
+                    references[feature] = (baseline, Summary.merge(parts))
+            self._references[key] = references
+        return self._references[key]
 
 
 class _WindowSummaries:
@@ -310,7 +291,7 @@ class _WindowSummaries:
         if lo > hi:
             return self
         by_window: dict[tuple[str, int], list[Row]] = defaultdict(list)
-        for r in self.deriver._merged_rows(
+        for r in self.deriver.merged_rows(
             "feature_partials",
             "segment",
             _WINDOWS,
@@ -318,7 +299,7 @@ class _WindowSummaries:
         ):
             by_window[(r["segment"], r["ws"])].append(r)
         for key, rows in by_window.items():
-            self.windows[key] = _summaries(rows)
+            self.windows[key] = summaries(rows)
             # Every feature of a partition's window is emitted with the same version.
             self.versions[key] = max(r["version"] for r in rows)
         self.read_through = hi
@@ -339,71 +320,6 @@ class _WindowSummaries:
                 n: Summary.merge([f[n] for f in parts if n in f]) for n in sorted(names)
             }
         return [self.merged[segment]]
-
-
-class _Clients:
-    """The client partials of one model's windows being derived, and their activity rows."""
-
-    def __init__(self, deriver: Deriver, params: Mapping[str, Any], first: int) -> None:
-        self.window_ms = deriver.window_ms
-        self.previous_windows = deriver.settings.drift_previous_windows
-        self.requests: dict[tuple[str, int], dict[str, int]] = defaultdict(dict)
-        for r in deriver._rows(
-            "SELECT segment, toUnixTimestamp64Milli(window_start) AS ws, client_id, "
-            f"sum(requests) AS requests FROM client_partials FINAL {_WINDOWS} "
-            "GROUP BY segment, ws, client_id",
-            params,
-        ):
-            self.requests[(r["segment"], r["ws"])][r["client_id"]] = r["requests"]
-        self.features: dict[tuple[str, int, str], list[Row]] = defaultdict(list)
-        if self.requests:
-            for r in deriver._merged_rows(
-                "client_feature_partials",
-                "segment, client_id",
-                _WINDOWS,
-                {**params, "lo": first},  # previous windows' are not needed
-            ):
-                self.features[(r["segment"], r["ws"], r["client_id"])].append(r)
-
-    def rows(
-        self,
-        segment: str,
-        ws: int,
-        references: Mapping[str, tuple[str, Summary]],
-        window_requests: int,
-    ) -> list[Row]:
-        """One row per client of the window: its requests against the window's and its own
-        previous windows', and the share of its inputs the references do not cover."""
-        out = []
-        for client, requests in sorted(self.requests.get((segment, ws), {}).items()):
-            previous = sum(
-                self.requests.get((segment, ws - k * self.window_ms), {}).get(client, 0)
-                for k in range(1, self.previous_windows + 1)
-            )
-            outside = {}
-            for feature, summary in _summaries(self.features[(segment, ws, client)]).items():
-                if feature in references:
-                    q = outside_reference(summary, references[feature][1])
-                    if q.total:
-                        outside[feature] = q.rate
-            worst = min(outside, key=lambda f: (-outside[f], f), default="")
-            out.append(
-                {
-                    "client_id": client,
-                    "requests": requests,
-                    "window_requests": window_requests,
-                    "traffic_share": requests / window_requests if window_requests else None,
-                    "previous_requests": previous / self.previous_windows
-                    if self.previous_windows
-                    else None,
-                    "outside_reference_share": outside.get(worst),
-                    "outside_reference_feature": worst,
-                    "outside_reference": outside,
-                    # Both only grow as the window's partials complete.
-                    "version": requests + window_requests,
-                }
-            )
-        return out
 
 
 #: Window starts derived per read of the partials: bounds the rows held at once (a batch
@@ -429,14 +345,3 @@ def _merged(row: Row) -> Row:
     out["sum"] = exact_sum(out.pop("sums"))
     out["sum_sq"] = exact_sum(out.pop("squares"))
     return out
-
-
-def _summaries(rows: Iterable[Row]) -> dict[str, Summary]:
-    by_feature: dict[str, list[Row]] = defaultdict(list)
-    for r in rows:
-        by_feature[r["feature"]].append(r)
-    return {f: Summary.from_rows(rs) for f, rs in by_feature.items()}
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None

@@ -79,7 +79,7 @@ def reference(seed: int) -> list[dict[str, Any]]:
     ]
 
 
-WORKER = {"window_seconds": 60, "lateness_seconds": 10, "label_ttl_seconds": 60}
+WORKER = {"window": "60s", "lateness_seconds": 10, "label_ttl_seconds": 60}
 TABLES = {
     "quality": "SELECT model, toUnixTimestamp64Milli(window_start) AS ws, predictions, labelled,"
     " accuracy, roc_auc FROM quality_windows ORDER BY model, ws",

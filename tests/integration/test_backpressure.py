@@ -32,7 +32,7 @@ PACE = 0.1  # seconds between rounds until the worker is warm: a fraction of its
 DUPLICATE_EVERY = 40  # every 40th prediction envelope is sent twice, as a producer retry does
 COUNTRIES = ["fr", "de", "es", "it", "nl", "pl"]
 SETTINGS = {
-    "window_seconds": 10,
+    "window": "10s",
     "lateness_seconds": 5,
     "label_ttl_seconds": 10,
     "flush_interval_seconds": 0.5,

@@ -41,7 +41,7 @@ SEGMENTS = [  # tag names and values may hold anything but '=' and ','
 NUMERIC = "amo'unt\"; DROP TABLE data_quality_rows; --"
 CATEGORICAL = "cou`ntry\\\n"
 CATEGORIES = ["fr'", 'de"', "es\\", "`it`", "ü\n"]
-WORKER = {"window_seconds": 60, "lateness_seconds": 10, "label_ttl_seconds": 60}
+WORKER = {"window": "60s", "lateness_seconds": 10, "label_ttl_seconds": 60}
 
 
 def segment_key(tags: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from pipeline.embedded import worker_command
 from producers.client import MonitorClient
 
 # Ten-second windows and frequent flushes: many result messages pile up during the outage.
-SHORT = {**WORKER, "window_seconds": 10, "flush_interval_seconds": 0.1}
+SHORT = {**WORKER, "window": "10s", "flush_interval_seconds": 0.1}
 
 pytestmark = pytest.mark.integration
 

@@ -183,7 +183,7 @@ def test_a_topic_partition_ahead_in_event_time_is_held_until_the_rest_catch_up()
         Producer(),
         consumer,
         partitions=2,
-        window_seconds=10,
+        window="10s",
         label_ttl_seconds=10,
         lateness_seconds=2,
     )

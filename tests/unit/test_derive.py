@@ -51,7 +51,9 @@ def sink(chdb_path: Path, request: pytest.FixtureRequest) -> ClickHouseSink:
 
 
 def decisions(sink: ClickHouseSink, settings: Settings) -> dict[int, tuple[str, int, float]]:
-    drift = [r for chunk in Deriver(sink, settings).rederive([("m", "v")]) for r in chunk["drift"]]
+    drift = [
+        r for chunk in Deriver(sink, settings).rederive([("m", "v")]) for r in chunk["drift_rows"]
+    ]
     psis = {r["window_start"]: r["statistic"] for r in drift if r["method"] == "psi"}
     return {
         r["window_start"]: (r["reference"], r["drifted"], psis[r["window_start"]])
@@ -64,7 +66,7 @@ def test_rows_come_a_few_window_starts_at_a_time(sink: ClickHouseSink) -> None:
     """A derive over many windows (a new profile, a sink catching up) holds the rows of
     ``CHUNK_STARTS`` window starts at once, never all of them."""
     chunks = list(Deriver(sink, Settings.load(env={})).rederive([("m", "v")]))
-    starts = [{r["window_start"] for r in chunk["data_quality"]} for chunk in chunks]
+    starts = [{r["window_start"] for r in chunk["data_quality_rows"]} for chunk in chunks]
     assert [len(s) for s in starts] == [CHUNK_STARTS, 6 - CHUNK_STARTS]
     assert starts[0] | starts[1] == {T0 + k * MINUTE for k in range(6)}
 
@@ -126,7 +128,9 @@ def test_client_activity_finds_the_prober_and_the_burst(chdb_path: Path) -> None
     _, [(ref_min, ref_max)] = sink.query(
         "SELECT min, max FROM reference_profiles FINAL WHERE feature = 'x'"
     )
-    state = PartitionState(0, window_ms=MINUTE, lateness_ms=0, label_ttl_ms=0, auc_bins=10)
+    state = PartitionState.from_settings(
+        0, Settings.load(env={}, overrides={"lateness_seconds": 0, "label_ttl_seconds": 0})
+    )
     sent: dict[tuple[int, str], list[tuple[float, str]]] = {}
     n = 0
     for k in range(4):
@@ -161,8 +165,8 @@ def test_client_activity_finds_the_prober_and_the_burst(chdb_path: Path) -> None
     for table, batch in rows.by_table():
         sink.insert(table, batch)
     settings = Settings.load(env={}, overrides={"drift_previous_windows": 2})
-    chunks = Deriver(sink, settings).derive(map(window_of, rows.clients))
-    activity = [r for chunk in chunks for r in chunk["client_activity"]]
+    chunks = Deriver(sink, settings).derive(map(window_of, rows.tables["client_partials"]))
+    activity = [r for chunk in chunks for r in chunk["client_activity_rows"]]
     got = {(r["window_start"], r["client_id"]): r for r in activity}
     assert set(got) == set(sent)
     for (ws, client), events in sent.items():

@@ -26,7 +26,7 @@ SETTINGS = Settings.load(
     overrides={
         "topic_prefix": TOPICS.prefix,
         "partitions": PARTITIONS,
-        "window_seconds": 60,
+        "window": "60s",
         "lateness_seconds": 5,
         "label_ttl_seconds": 60,
         "detectors": "",
@@ -74,7 +74,9 @@ def states() -> dict[int, PartitionState]:
 
 def labelled(states: dict[int, PartitionState]) -> int:
     return sum(
-        row["labelled"] for s in states.values() for row in s.flush(open_windows=True).windows
+        row["labelled"]
+        for s in states.values()
+        for row in s.flush(open_windows=True).tables["quality_partials"]
     )
 
 
@@ -95,7 +97,7 @@ def test_a_future_dated_event_is_dead_lettered_and_does_not_move_the_watermark()
         folder.fold(message("prediction", 0, offset, value, stamp=T0 + i), state)
     assert state.counters["late_predictions"] == 0
     assert folder.counters[(0, "future_predictions")] == 1
-    rows = state.flush().windows
+    rows = state.flush().tables["quality_partials"]
     assert sum(r["predictions"] for r in rows) == 39
 
 
@@ -218,7 +220,7 @@ def test_a_label_naming_another_model_does_not_join() -> None:
     )
     labels = [dict(label(a, T0 + 1), model="m"), dict(label(b, T0 + 1), model="other")]
     folder.fold(message("label", 0, 0, encode_envelope("label", labels)), state)
-    assert sum(r["labelled"] for r in state.flush().windows) == 1
+    assert sum(r["labelled"] for r in state.flush().tables["quality_partials"]) == 1
     assert state.counters["label_model_mismatch"] == 1
 
 

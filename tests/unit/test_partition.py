@@ -10,9 +10,12 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline import partition
+from pipeline import windowstore
 from pipeline.detection import DetectorStreams
+from pipeline.estimators.registry import families
 from pipeline.partition import PartitionState
+from pipeline.settings import Settings
+from pipeline.windows import WindowSpec
 from schemas.events import Label, Prediction
 
 WINDOW = 60_000
@@ -49,16 +52,34 @@ def label(eid: str, ts: int, y: str = "1") -> Label:
 DETECTORS = ("adwin", "page_hinkley")
 
 
-def new_state(**kw: Any) -> PartitionState:
-    return PartitionState(
+def new_state(
+    max_clients: int = 3,
+    auc_bins: int = 100,
+    pred_max_ts: int | None = None,
+    label_max_ts: int | None = None,
+    evicted_through: dict[str, int] | None = None,
+    **kw: Any,
+) -> PartitionState:
+    settings = Settings(auc_bins=auc_bins, max_clients=max_clients)
+    state = PartitionState(
         0,
-        window_ms=WINDOW,
+        window=WindowSpec.parse("60"),
         lateness_ms=10_000,
         label_ttl_ms=TTL,
-        auc_bins=100,
-        detectors=DETECTORS,
-        **{"max_clients": 3, **kw},
+        families=families(settings),
+        **{"detectors": DETECTORS, **kw},
     )
+    if pred_max_ts is not None:
+        state.pred_wm.max_ts = pred_max_ts
+    if label_max_ts is not None:
+        state.label_wm.max_ts = label_max_ts
+    if evicted_through:
+        state.evicted_through = evicted_through
+    return state
+
+
+def windows(rows: Any) -> list[dict[str, Any]]:
+    return rows.tables["quality_partials"]
 
 
 def final_rows(emitted: list[dict[str, Any]]) -> dict[tuple, dict[str, Any]]:
@@ -114,7 +135,7 @@ def test_join_in_either_order_counts_each_event_once() -> None:
     s.add_predictions(1, [pred("c", 3_000, "0"), pred("a", 1_000, "1")])  # a is a retry
     s.add_labels(1, [label("a", 6_000, "1")])  # a duplicate label
     rows = s.flush()
-    (window,) = rows.windows
+    (window,) = windows(rows)
     assert (window["predictions"], window["labelled"], window["correct"]) == (3, 2, 1)
     assert s.counters["duplicate_predictions"] == 1
     assert s.counters["duplicate_labels"] == 1
@@ -125,7 +146,7 @@ def test_late_prediction_is_counted_not_folded() -> None:
     s.add_predictions(0, [pred("a", 100_000)])
     s.add_predictions(1, [pred("b", 89_999), pred("c", 90_000)])  # watermark 90_000
     assert s.counters["late_predictions"] == 1
-    assert sum(r["predictions"] for r in s.flush().windows) == 2
+    assert sum(r["predictions"] for r in windows(s.flush())) == 2
 
 
 def test_label_after_ttl_does_not_join_and_state_is_released() -> None:
@@ -134,12 +155,12 @@ def test_label_after_ttl_does_not_join_and_state_is_released() -> None:
     # the label arrives after end(window) + ttl: rule says no join
     s.add_labels(0, [label("a", WINDOW + TTL)])
     rows = s.flush()
-    assert rows.windows[0]["labelled"] == 0
+    assert windows(rows)[0]["labelled"] == 0
     # both watermarks far ahead: the first window's state is dropped
     s.add_predictions(1, [pred("z", 10 * (WINDOW + TTL))])
     s.add_labels(1, [label("z", 10 * (WINDOW + TTL))])
     s.flush()
-    assert 0 not in s.buckets
+    assert 0 not in s.join.buckets and not s.store.groups[0].slots.get(0)
     assert s.counters["expired_unlabelled"] == 1
     assert s.counters["unmatched_labels"] == 1
 
@@ -256,29 +277,21 @@ def test_a_flush_may_hold_windows_that_can_still_gain_predictions() -> None:
     s.add_predictions(0, [pred("a", 1_000, features={"x": 1.0})])
     s.add_labels(0, [label("a", 2_000)])
     held = s.flush(open_windows=False)
-    assert (held.windows, held.features) == ([], [])
-    assert s.waiting == 0  # folded all the same: what waits stays bounded
+    assert (windows(held), held.tables["feature_partials"]) == ([], [])
+    assert s.store.waiting == 0  # folded all the same: what waits stays bounded
     s.add_predictions(1, [pred("b", 2_000, features={"x": 2.0})])
-    (window,) = s.flush().windows  # a flush with open windows emits it, with both events
+    (window,) = windows(s.flush())  # a flush with open windows emits it, with both events
     assert (window["predictions"], window["labelled"]) == (2, 1)
-    assert s.flush(open_windows=False).windows == []  # nothing changed since
+    assert windows(s.flush(open_windows=False)) == []  # nothing changed since
 
     s.add_predictions(2, [pred("c", 3_000)])
     s.add_predictions(3, [pred("z", WINDOW + 10_000)])  # the watermark reaches its end
     rows = s.flush(open_windows=False)
-    assert [(w["window_start"], w["predictions"]) for w in rows.windows] == [(0, 3)]
+    assert [(w["window_start"], w["predictions"]) for w in windows(rows)] == [(0, 3)]
 
 
 def test_cardinality_is_bounded_per_window_and_the_overflow_counted() -> None:
-    s = PartitionState(
-        0,
-        window_ms=WINDOW,
-        lateness_ms=10_000,
-        label_ttl_ms=TTL,
-        auc_bins=10,
-        max_models=2,
-        max_segments=2,
-    )
+    s = new_state(auc_bins=10, max_models=2, max_segments=2)
     preds = [
         Prediction(f"e{i}", model, "v", 1_000, "binary", "1", segment=segment)
         for i, (model, segment) in enumerate(
@@ -286,7 +299,7 @@ def test_cardinality_is_bounded_per_window_and_the_overflow_counted() -> None:
         )
     ]
     s.add_predictions(0, preds)
-    got = {(r["model"], r["segment"]): r["predictions"] for r in s.flush().windows}
+    got = {(r["model"], r["segment"]): r["predictions"] for r in windows(s.flush())}
     assert got == {("a", "s1"): 1, ("a", "s2"): 1, ("a", "__overflow__"): 2, ("b", "s1"): 1}
     assert (s.counters["overflow_segments"], s.counters["overflow_models"]) == (2, 1)
 
@@ -298,39 +311,46 @@ def test_client_rows_count_requests_and_summarise_inputs_per_client() -> None:
         0, [pred(f"e{i}", 1_000, features={"x": float(i)}, client=c) for i, c in enumerate(clients)]
     )
     rows = s.flush()
-    requests = {r["client_id"]: (r["requests"], r["version"]) for r in rows.clients}
+    requests = {
+        r["client_id"]: (r["requests"], r["version"]) for r in rows.tables["client_partials"]
+    }
     # a and b came first; c and d share the overflow client; events without a client id count
     # for the window only.
     assert requests == {"a": (3, 3), "b": (1, 1), "__overflow__": (3, 3)}
     assert s.counters["overflow_clients"] == 3
-    x = {r["client_id"]: r for r in rows.client_features if r["feature"] == "x"}
+    client_features = rows.tables["client_feature_partials"]
+    x = {r["client_id"]: r for r in client_features if r["feature"] == "x"}
     assert (x["a"]["min"], x["a"]["max"], x["a"]["present"]) == (0.0, 6.0, 3)
     assert sum(x["__overflow__"]["sketch"].values()) == 3
     assert x["a"]["values"] == []  # sketches only: per-client rows stay small
     # Only clients with new predictions are emitted again.
     s.add_predictions(1, [pred("e9", 2_000, features={"x": 1.0}, client="b")])
     again = s.flush()
-    assert [(r["client_id"], r["requests"]) for r in again.clients] == [("b", 2)]
-    assert new_state(max_clients=0).flush().clients == []
+    assert [(r["client_id"], r["requests"]) for r in again.tables["client_partials"]] == [("b", 2)]
+    assert "client_partials" not in new_state(max_clients=0).flush().tables
 
 
 def test_what_waits_to_be_folded_is_bounded_per_partition(monkeypatch: Any) -> None:
     """Predictions and joined pairs wait in their windows to be folded in batches; however
-    many windows they are spread over, at most ``_SETTLE_AT`` wait in a partition, and when
+    many windows they are spread over, at most ``SETTLE_AT`` wait in a partition, and when
     they are folded does not change the rows."""
     preds, labels = _stream(11)
     messages = _interleave(_numbered("p", preds), _numbered("l", labels), random.Random(5))
     folded_at_flush = final_rows(run(new_state(), messages, flush_every=len(messages) + 1))
 
-    monkeypatch.setattr(partition, "_SETTLE_AT", 8)
+    monkeypatch.setattr(windowstore, "SETTLE_AT", 8)
     s = new_state()
     most = 0
     for topic, offset, events in messages:
         (s.add_predictions if topic == "p" else s.add_labels)(offset, events)
-        windows = [w for b in s.buckets.values() for w in b.windows.values()]
-        waiting = sum(len(w.preds) + len(w.y_true) for w in windows)
-        assert waiting == s.waiting < 8
-        most = max(most, sum(1 for w in windows if w.preds or w.y_true))
+        held = [
+            w for g in s.store.groups for slot in g.slots.values() for w in slot.windows.values()
+        ]
+        waiting = sum(
+            sum(map(len, w.preds.values())) + sum(map(len, w.pairs.values())) for w in held
+        )
+        assert waiting == s.store.waiting < 8
+        most = max(most, sum(1 for w in held if w.preds or w.pairs))
     assert most > 1  # what waited was spread over several windows
     emitted = [r for _, rows in s.flush().by_table() for r in rows]
     assert final_rows(emitted) == folded_at_flush

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
+from copy import deepcopy
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,9 +17,19 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from pipeline.estimators.classification import ClassificationWindow
-from pipeline.estimators.registry import CLASSIFICATION, names
-from pipeline.sink.quality_sql import METRICS, ddl
+from pipeline.estimators.classification import ClassificationFamily, ClassificationWindow
+from pipeline.estimators.family import Predictions, Views
+from pipeline.estimators.registry import names
+
+FAMILY = ClassificationFamily()
+METRICS = names("classification")
+
+
+def ddl(db: str) -> list[str]:
+    """The family's tables and views, alone."""
+    tables = [s for t in FAMILY.tables for s in t.ddl(db)]
+    return [*tables, *FAMILY.views(Views(db, (FAMILY,), {}))]
+
 
 DB = "q_test"
 BINS = 200
@@ -62,7 +73,7 @@ def insert(
         "partition": partition,
         "version": version,
     }
-    window, classes = w.rows()
+    window, classes = w.partials()
     row = key | window
     ch.insert(f"{DB}.quality_partials", [list(row.values())], column_names=list(row))
     if classes:
@@ -81,10 +92,10 @@ def load(
     inserted last, which FINAL must discard. Returns the concatenated batch."""
     for partition, (y_true, y_pred, proba) in enumerate(parts):
         w = ClassificationWindow(auc_bins=BINS)
-        w.add_predictions(len(y_true) + unlabelled)
+        w.add_predictions(Predictions("multiclass", *([None] * (len(y_true) + unlabelled),) * 5))
         half = len(y_true) // 2
         w.add_labelled(y_true[:half], y_pred[:half], proba[:half])
-        stale = ClassificationWindow.from_state(w.to_state())
+        stale = deepcopy(w)
         w.add_labelled(y_true[half:], y_pred[half:], proba[half:])
         insert(ch, model, start, partition, 5, w)
         if partition == 0:
@@ -261,7 +272,7 @@ def test_long_view_has_every_registered_metric(ch: Any) -> None:
     rows = query(
         ch, f"SELECT * FROM {DB}.quality_metrics WHERE model = 'long' ORDER BY window_start, metric"
     )
-    assert {r["metric"] for r in rows} == set(names(CLASSIFICATION)) == set(METRICS)
+    assert {r["metric"] for r in rows} == set(names("classification")) == set(METRICS)
     assert len(rows) == len(METRICS)
     [wide] = query(ch, f"SELECT * FROM {DB}.quality_windows WHERE model = 'long'")
     for r in rows:
@@ -269,7 +280,7 @@ def test_long_view_has_every_registered_metric(ch: Any) -> None:
     all_metrics = {
         r[0] for r in ch.query(f"SELECT DISTINCT metric FROM {DB}.quality_metrics").result_rows
     }
-    assert all_metrics == set(names(CLASSIFICATION))
+    assert all_metrics == set(names("classification"))
 
 
 def test_view_columns(ch: Any) -> None:

@@ -14,8 +14,9 @@ from pipeline.endpoint import Endpoint, publish
 
 CREATE = """
 import sys
+from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink
-sink = ClickHouseSink("chdb://" + sys.argv[1], "modelmon", window_seconds=10)
+sink = ClickHouseSink("chdb://" + sys.argv[1], "modelmon", Settings(window="10s"))
 sink.migrate()
 sink.insert("dead_letters_rows", [{"source_topic": "t", "reason": "r", "raw": b"x"}])
 sink.close()

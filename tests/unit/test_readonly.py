@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink
 from pipeline.sink.readonly import Limits, QueryError, ReadOnlyQueries, decode
 
@@ -50,7 +51,7 @@ WRITES = {
 
 @pytest.fixture(scope="module")
 def sink(chdb_path: Path) -> ClickHouseSink:
-    sink = ClickHouseSink(f"chdb://{chdb_path}", DB, window_seconds=10)
+    sink = ClickHouseSink(f"chdb://{chdb_path}", DB, Settings(window="10s"))
     sink.migrate()
     sink.insert(
         "dead_letters_rows",
@@ -139,7 +140,7 @@ def test_statements_that_read_answer_with_their_values(queries: ReadOnlyQueries)
     ):
         assert decode(queries.run(sql))[1], sql
     assert decode(queries.run("SELECT name, value FROM modelmon_settings FINAL"))[1] == [
-        ["window_seconds", "10"]
+        ["window", "10s"]
     ]
 
 

@@ -44,7 +44,7 @@ def settings(dsn: str = DSN) -> Settings:
 def test_settings_repr_and_str_hide_both_passwords() -> None:
     s = settings()
     assert s.sasl_password == SASL_PASSWORD and s.clickhouse_dsn == DSN  # loaded, just hidden
-    for text in (repr(s), str(s), repr(s.with_(window_seconds=30)), repr(Settings.docs())):
+    for text in (repr(s), str(s), repr(s.with_(window="30s")), repr(Settings.docs())):
         assert_no_secret(text)
     assert_no_secret(repr(_credentials(s)))  # what Faust may print of the broker credentials
 

@@ -14,20 +14,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_flags_win_over_environment_over_file(tmp_path: Path) -> None:
     file = tmp_path / "m.toml"
-    file.write_text('window_seconds = 10\nlateness_seconds = 5\ngroup_id = "from-file"\n')
+    file.write_text('window = "10s"\nlateness_seconds = 5\ngroup_id = "from-file"\n')
     s = Settings.load(
         file=file,
-        env={"MODELMON_WINDOW_SECONDS": "20", "MODELMON_GROUP_ID": "from-env"},
-        overrides={"window_seconds": 30},
+        env={"MODELMON_WINDOW": "20s", "MODELMON_GROUP_ID": "from-env"},
+        overrides={"window": "30s"},
     )
-    assert (s.window_seconds, s.lateness_seconds, s.group_id) == (30, 5, "from-env")
+    assert (s.window, s.lateness_seconds, s.group_id) == ("30s", 5, "from-env")
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
         ({"role": "both"}, "role"),
-        ({"window_seconds": "sixty"}, "window_seconds: expected int"),
+        ({"lateness_seconds": "sixty"}, "lateness_seconds: expected int"),
+        ({"window": "2w"}, "window: "),
+        ({"window": "day", "window_timezone": "Mars/Olympus"}, "window: .*Mars/Olympus"),
+        ({"family_windows": "nosuchfamily=day"}, "family_windows: expected"),
         ({"partitions": 0}, "partitions: must be >= 1"),
         ({"clickhouse_database": "x; DROP TABLE y"}, "clickhouse_database"),
         ({"no_such_setting": 1}, "unknown settings: no_such_setting"),

@@ -84,7 +84,7 @@ def runtime(chdb_path: Path, name: str, **settings: Any) -> tuple[SinkRuntime, C
         overrides={
             "clickhouse_dsn": f"chdb://{chdb_path}",
             "clickhouse_database": f"sinkrt_{name}",
-            "window_seconds": 60,
+            "window": "60s",
             "drift_previous_windows": 1,
             **settings,
         },

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.estimators.family import LARGE_ROWS
+from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink
-from pipeline.sink.tables import LARGE_ROWS
 
 
 def test_tables_with_array_or_map_columns_merge_in_small_blocks(chdb_path: Path) -> None:
@@ -38,13 +39,20 @@ def test_migrate_stores_the_settings_its_views_are_made_with(chdb_path: Path) ->
         )
         return stored, view
 
-    ClickHouseSink(f"chdb://{chdb_path}", "stored_settings", window_seconds=86400).migrate()
+    daily = Settings(window="86400")
+    ClickHouseSink(f"chdb://{chdb_path}", "stored_settings", daily).migrate()
     stored, view = activity_step(ClickHouseSink(f"chdb://{chdb_path}", "stored_settings"))
-    assert stored == [("window_seconds", "86400")]
+    assert stored == [("window", "24h")]
     assert "toIntervalMillisecond(86400000)" in view
     # The next worker to migrate (with other settings) makes the views anew, and says so.
-    later = ClickHouseSink(f"chdb://{chdb_path}", "stored_settings", window_seconds=30)
+    later = ClickHouseSink(f"chdb://{chdb_path}", "stored_settings", Settings(window="30s"))
     later.migrate()
     stored, view = activity_step(later)
-    assert stored == [("window_seconds", "30")]
+    assert stored == [("window", "30s")]
     assert "toIntervalMillisecond(30000)" in view
+    # Calendar windows fill whole days of their zone, of 23 and 25 hours too.
+    berlin = Settings(window="day", window_timezone="Europe/Berlin")
+    ClickHouseSink(f"chdb://{chdb_path}", "stored_settings", berlin).migrate()
+    stored, view = activity_step(later)
+    assert stored == [("window", "day Europe/Berlin")]
+    assert "toIntervalDay(1)" in view and "Europe/Berlin" in view
