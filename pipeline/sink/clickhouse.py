@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -61,25 +62,89 @@ _CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)(.*)@", re.I | re.S)
 EMBEDDED_MALLOC_CONF = "dirty_decay_ms:0"
 
 
-class ClickHouseSink:
-    """One connection to the result database; methods are blocking and thread-safe."""
+def chdb_path(dsn: str) -> Path | None:
+    """The embedded engine's directory named by a ``chdb://`` DSN, made absolute (relative
+    paths are relative to the working directory), or None for a server's DSN. The DSN names
+    a directory only: the database is always ``clickhouse_database``.
 
-    def __init__(self, dsn: str, database: str, window_seconds: int = 60) -> None:
+    >>> chdb_path("chdb:///var/lib/modelmon/chdb")
+    PosixPath('/var/lib/modelmon/chdb')
+    >>> chdb_path("chdb://modelmon-data/chdb") == Path.cwd() / "modelmon-data" / "chdb"
+    True
+    >>> chdb_path("chdb://./modelmon-data/chdb") == chdb_path("chdb://modelmon-data/chdb")
+    True
+    >>> chdb_path("http://user:pass@host:8123") is None
+    True
+    """
+    if not dsn.lower().startswith("chdb:"):
+        return None
+    path = dsn[len("chdb:") :].removeprefix("//")
+    if not path or dsn[5:7] != "//" or "?" in path or "#" in path:
+        raise ValueError(
+            "clickhouse_dsn: a chdb DSN is chdb://relative/path or chdb:///absolute/path"
+            f" (a directory, nothing else), got {dsn!r}"
+        )
+    return Path(os.path.abspath(path))
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of an error message (the engine's come with stack traces).
+
+    >>> first_line("\\nCode: 81. DB::Exception: nope\\n  0. stack")
+    'Code: 81. DB::Exception: nope'
+    """
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)
+
+
+def _writable_directory(path: Path) -> None:
+    """Create ``path`` and make sure files can be created in it (the engine writes its
+    files there, and only there)."""
+    problem = f"cannot use {path} for the embedded ClickHouse"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConnectionError(f"{problem}: {exc.filename or path}: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"{problem}: cannot create files in it: {exc.strerror}") from None
+
+
+class ClickHouseSink:
+    """One connection to the result database; methods are blocking and thread-safe.
+    ``connect_timeout`` (seconds) bounds how long a server may take to answer."""
+
+    def __init__(
+        self,
+        dsn: str,
+        database: str,
+        window_seconds: int = 60,
+        *,
+        connect_timeout: float | None = None,
+    ) -> None:
         if not _IDENTIFIER.match(database):
             raise ValueError(f"database name must be a plain identifier, got {database!r}")
-        if dsn.startswith("chdb://"):
-            Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+        path = chdb_path(dsn)
+        if path is not None:
+            _writable_directory(path)
             os.environ.setdefault("JE_MALLOC_CONF", EMBEDDED_MALLOC_CONF)
         self.database = database
         self.window_ms = window_seconds * 1000
         self._lock = threading.Lock()
-        scheme = urlsplit(dsn).scheme
         try:
-            # The scheme decides TLS (clickhouse-connect would infer it from the port only).
-            interface = scheme if scheme in ("http", "https") else None
-            self._client = clickhouse_connect.get_client(dsn=dsn, interface=interface)
+            if path is not None:
+                self._client = clickhouse_connect.get_client(interface="chdb", path=str(path))
+            else:
+                # The scheme decides TLS (clickhouse-connect would infer it from the port only).
+                scheme = urlsplit(dsn).scheme
+                self._client = clickhouse_connect.get_client(
+                    dsn=dsn,
+                    interface=scheme if scheme in ("http", "https") else None,
+                    **({} if connect_timeout is None else {"connect_timeout": connect_timeout}),
+                )
         except Exception as exc:
-            reason = scrub(str(exc), dsn)
+            reason = scrub(first_line(str(exc)), dsn)
             raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {reason}") from None
         self._described: dict[str, dict[str, str]] = {}
 
