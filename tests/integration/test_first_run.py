@@ -18,8 +18,11 @@ from typing import Any
 import orjson
 import pytest
 
+from pipeline.app import all_topics
 from pipeline.embedded import EMBEDDED_WORKER_FLAGS, EmbeddedBroker, free_port
 from pipeline.kafka import TopicAdmin, ensure_topics
+from pipeline.settings import Settings
+from pipeline.startup import check_topics
 from producers import MonitorClient
 
 pytestmark = pytest.mark.integration
@@ -229,15 +232,32 @@ def test_predictions_and_labels_with_different_partition_counts(
 
 
 def test_worker_runs_with_the_partition_count_the_input_topics_have(deployment: Any) -> None:
-    """Input topics of 2 partitions and a worker configured for 4: it routes events by the
-    topics' count, so every event is counted (with 4 it fell over on the first input)."""
+    """Input topics of 2 partitions and a worker configured for 4: it says once that it runs
+    with 2, creates the topics it lacks with 2, and counts every event."""
     d = deployment(partitions=2)
     n = 60
     asyncio.run(send(d.bootstrap_servers, n, d.prefix))
-    d.run_worker(partitions=4)
+    settings = d.settings(partitions=4, idle_exit_seconds=3)
+    out = modelmon("worker", *flags(settings), cwd=d.root, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = [line for line in out.stderr.splitlines() if "running with 2" in line]
+    assert len(said) == 1 and f"{d.prefix}predictions has 2 partitions" in said[0], said
     assert d.query("SELECT sum(predictions) AS n, sum(labelled) AS l FROM quality_windows") == [
         {"n": n, "l": n}
     ]
+
+
+def test_check_topics_creates_what_is_missing_with_the_inputs_count(
+    broker: EmbeddedBroker,
+) -> None:
+    prefix = f"t{uuid.uuid4().hex[:8]}."
+    settings = Settings.load(env={}, overrides={"topic_prefix": prefix, "partitions": 4})
+    asyncio.run(ensure_topics(broker.bootstrap_servers, {prefix + "labels": 3}))
+    settings = settings.with_(bootstrap_servers=broker.bootstrap_servers)
+    checked = asyncio.run(check_topics(settings, all_topics(settings)))
+    assert checked.partitions == 3 and checked.with_(partitions=4) == settings
+    counts = asyncio.run(ensure_topics(broker.bootstrap_servers, all_topics(settings)))
+    assert set(counts.values()) == {3} and len(counts) == len(all_topics(settings))
 
 
 def test_replay_of_topics_that_do_not_exist(broker: EmbeddedBroker, tmp_path: Path) -> None:
