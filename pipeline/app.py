@@ -20,8 +20,10 @@ from pipeline.agents import compute as compute_agent
 from pipeline.agents import query as query_agent
 from pipeline.agents import sink as sink_agent
 from pipeline.compute import ComputeRuntime
-from pipeline.kafka import BoundedConsumer, ensure_topics
+from pipeline.kafka import BoundedConsumer
 from pipeline.settings import Settings
+from pipeline.sink.clickhouse import ClickHouseSink
+from pipeline.startup import check_topics, faust_datadir, open_sink, prepare_data_dir
 from schemas.rows import ROWS_BATCH_BYTES
 from schemas.topics import Topics
 
@@ -69,8 +71,9 @@ def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
     return None
 
 
-def create_app(settings: Settings) -> faust.App:
-    """The app with the agents of ``settings.role``; nothing runs until a worker starts it."""
+def create_app(settings: Settings, sink: ClickHouseSink | None = None) -> faust.App:
+    """The app with the agents of ``settings.role``, the sink's writing to ``sink`` (opened
+    on its first write if None); nothing runs until a worker starts it."""
     brokers = ";".join(f"kafka://{b.strip()}" for b in settings.bootstrap_servers.split(","))
     # Split roles consume different topics, so each role is a consumer group of its own.
     app_id = settings.group_id if settings.role == "all" else f"{settings.group_id}.{settings.role}"
@@ -82,7 +85,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,
         Monitor=QuietMonitor,
         autodiscover=False,
-        datadir=os.path.join(settings.data_dir, "faust"),
+        datadir=faust_datadir(settings),
         topic_partitions=settings.partitions,
         producer_acks=-1,
         producer_max_request_size=max(settings.max_message_bytes, 1_048_576) + 65_536,
@@ -102,16 +105,16 @@ def create_app(settings: Settings) -> faust.App:
     app.transport.Consumer = BoundedConsumer  # before anything creates the consumer
     topics = Topics(settings.topic_prefix)
     run_id = f"{os.uname().nodename}-{os.getpid()}-{int(time.time())}"
-    compute = sink = None
+    compute = runtime = None
     if settings.role in ("all", "compute"):
         compute = ComputeRuntime(app, settings, topics, run_id)
         compute_agent.register(app, compute)
     if settings.role in ("all", "sink"):
-        sink = sink_agent.SinkRuntime(app, settings, topics, run_id)
-        sink_agent.register(app, sink)
-        query_agent.register(app, sink)
+        runtime = sink_agent.SinkRuntime(app, settings, topics, run_id, sink)
+        sink_agent.register(app, runtime)
+        query_agent.register(app, runtime)
     if settings.idle_exit_seconds > 0:
-        _register_idle_exit(app, settings.idle_exit_seconds, compute, sink)
+        _register_idle_exit(app, settings.idle_exit_seconds, compute, runtime)
     return app
 
 
@@ -190,14 +193,18 @@ def tune_gc() -> None:
 
 
 def run_worker(settings: Settings, loglevel: str = "INFO") -> None:
-    """Create the topics, then run a Faust worker until it is stopped."""
-    asyncio.run(
-        ensure_topics(
-            settings.bootstrap_servers, all_topics(settings), settings.kafka_client_config()
-        )
-    )
+    """Check what the worker needs (see :mod:`pipeline.startup`), creating what is missing,
+    then run a Faust worker until it is stopped."""
+    prepare_data_dir(settings)
+    sink = open_sink(settings) if settings.role in ("all", "sink") else None
+    try:
+        settings = asyncio.run(check_topics(settings, all_topics(settings)))
+    except BaseException:
+        if sink is not None:
+            sink.close()
+        raise
     asyncio.set_event_loop(asyncio.new_event_loop())
-    app = create_app(settings)
+    app = create_app(settings, sink)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     tune_gc()
     worker.execute_from_commandline()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -17,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.errors import StartupError
 from pipeline.settings import Settings
 
 #: Secrets come from the environment or the file only.
@@ -42,7 +44,7 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 def _settings(args: argparse.Namespace) -> Settings:
     names = {name for name, _, _ in Settings.docs()}
     overrides = {k: v for k, v in vars(args).items() if k in names}
-    return Settings.load(file=args.config, overrides=overrides)
+    return Settings.load(file=args.config, flags=overrides)
 
 
 def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -58,6 +60,8 @@ def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in cells:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    if not cells:
+        print("(none)")
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -81,10 +85,28 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(settings: Settings, topics: Sequence[str] | None = None) -> Settings:
+    """``settings`` after the start-up topic checks (see :func:`pipeline.startup.check_topics`):
+    every topic created if missing, or with ``topics``, those checked to exist."""
+    from pipeline.app import all_topics
+    from pipeline.startup import check_topics
+
+    if topics is None:
+        return asyncio.run(check_topics(settings, all_topics(settings)))
+    return asyncio.run(check_topics(settings, topics, create=False))
+
+
+def _inputs(settings: Settings, *more: str) -> list[str]:
+    from schemas.topics import Topics
+
+    topics = Topics(settings.topic_prefix)
+    return [topics.predictions, topics.labels, *(getattr(topics, name) for name in more)]
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from producers.simulate import simulate
 
-    settings = _settings(args)
+    settings = _checked(_settings(args))
     summary = asyncio.run(
         simulate(
             settings.bootstrap_servers,
@@ -101,7 +123,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_reference_upload(args: argparse.Namespace) -> int:
     from pipeline.reference import upload
 
-    settings = _settings(args)
+    settings = _checked(_settings(args))
     n = asyncio.run(
         upload(
             args.file,
@@ -147,11 +169,15 @@ def _plan(args: argparse.Namespace, settings: Settings) -> Any:
     time_range = None
     if args.start_time is not None:
         time_range = (_time_ms(args.start_time), _time_ms(args.end_time))
-    partitions = (
-        tuple(int(p) for p in args.input_partitions.split(","))
-        if args.input_partitions
-        else tuple(range(settings.partitions))
-    )
+    partitions = tuple(range(settings.partitions))
+    if args.input_partitions:
+        given = [p.strip() for p in args.input_partitions.split(",")]
+        if not all(p.isdigit() and int(p) < settings.partitions for p in given):
+            raise ValueError(
+                "--input-partitions: expected comma-separated partitions of the input topics"
+                f" (0 to {settings.partitions - 1}), got {args.input_partitions!r}"
+            )
+        partitions = tuple(int(p) for p in given)
     return Plan(
         partitions,
         tuple(getattr(args, "file", None) or ()),
@@ -164,8 +190,23 @@ def _plan(args: argparse.Namespace, settings: Settings) -> Any:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from pipeline.replay import run
+    from schemas.topics import Topics
 
     settings = _settings(args)
+    database = f"{settings.clickhouse_database}_{args.result_set}"
+    if args.result_set and not re.fullmatch(r"[A-Za-z0-9_]{1,64}", database):
+        raise ValueError(
+            f"--result-set: letters, digits and _ only, up to a database name of 64, "
+            f"got {args.result_set!r}"
+        )
+    settings = _checked(settings, _inputs(settings, "metrics"))
+    if args.result_set:
+        print(
+            f"replay: rows go to {Topics(settings.topic_prefix).metrics}; a running sink worker"
+            f" (topic_prefix {settings.topic_prefix!r}) writes them into database {database}:"
+            f' query it, e.g. modelmon query "SELECT * FROM {database}.quality_windows"',
+            file=sys.stderr,
+        )
     summary = run(
         settings, _plan(args, settings), args.workers, None if args.no_progress else sys.stderr
     )
@@ -177,12 +218,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pipeline.replay import export, locate
 
     settings = _settings(args)
+    settings = _checked(settings, _inputs(settings))
     plan = _plan(args, settings)
 
     async def go() -> int:
         start, end = await locate(settings, plan, plan.partitions)
         with open(args.out, "w") as out:
-            return await export(settings, plan.partitions, out, start, end)
+            progress = None if args.no_progress else sys.stderr
+            return await export(settings, plan.partitions, out, start, end, progress)
 
     print(f"exported {asyncio.run(go())} messages to {args.out}")
     return 0
@@ -297,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "kind, partition and offset, for archiving and for modelmon replay --file.",
     )
     export.add_argument("--out", required=True, help="the JSON Lines file to write")
+    export.add_argument("--no-progress", action="store_true", help="no progress line")
     _add_range_flags(export)
     _add_settings_flags(export)
     export.set_defaults(func=cmd_export)
@@ -325,9 +369,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
-    except (ValueError, ConnectionError) as exc:
-        print(f"modelmon: error: {exc}", file=sys.stderr)
+    except (ValueError, OSError, StartupError) as exc:
+        # What a user can fix (a setting, a file, a server, the topics): one line, no traceback.
+        print(f"modelmon: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error as one line: an OSError of a file by its name and reason, anything else by
+    its message, with line breaks folded.
+
+    >>> _one_line(FileNotFoundError(2, "No such file or directory", "x.csv"))
+    'x.csv: No such file or directory'
+    >>> _one_line(ValueError("first\\n  second"))
+    'first second'
+    """
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":

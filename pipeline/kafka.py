@@ -5,18 +5,19 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import Any, cast
+from collections.abc import AsyncIterator, Awaitable, Iterator, Mapping
+from typing import Any, TypeVar, cast
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from faust import Schema
 from faust.transport.consumer import CONSUMER_FETCHING, ensure_TPset
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, AppT, EventT, Message
 from mode import Service, ServiceT
+
+from pipeline.errors import QuietLog, StartupError
 
 log = logging.getLogger(__name__)
 
@@ -34,34 +35,143 @@ class RawSchema(Schema):
         return decode
 
 
+class TopicAdmin:
+    """An admin connection for the checks a command makes at start: it connects within
+    ``timeout`` seconds or raises ConnectionError naming the servers and aiokafka's last
+    error, and keeps aiokafka's log to itself while it is open (a broker that does not answer
+    makes aiokafka log every failed attempt, a few per second).
+
+    Use it as ``async with TopicAdmin(...) as admin``; :func:`ensure_topics` is the short way.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        client_config: Mapping[str, Any] | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.client_config = dict(client_config or {})
+        self.timeout = timeout
+        self._admin: AIOKafkaAdminClient | None = None
+        self._quiet = QuietLog("aiokafka")
+
+    async def __aenter__(self) -> TopicAdmin:
+        self._quiet.__enter__()
+        try:
+            await self._connect()
+        except BaseException:
+            self._quiet.__exit__()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self._admin is not None:
+                await self._admin.close()
+        finally:
+            self._quiet.__exit__()
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            admin = AIOKafkaAdminClient(
+                bootstrap_servers=self.bootstrap_servers,
+                request_timeout_ms=max(int(self.timeout * 1000), 1000),
+                **self.client_config,
+            )
+            try:
+                await asyncio.wait_for(admin.start(), max(deadline - loop.time(), 0.01))
+                self._admin = admin
+                return
+            except (KafkaError, OSError, TimeoutError) as exc:
+                await admin.close()
+                if loop.time() + 0.2 >= deadline:
+                    reason = self._quiet.last or str(exc) or type(exc).__name__
+                    raise ConnectionError(
+                        f"cannot reach Kafka at {self.bootstrap_servers} within"
+                        f" {self.timeout:g}s (connect_timeout_seconds): {reason}"
+                    ) from None
+            await asyncio.sleep(0.2)
+
+    async def partitions(self) -> dict[str, int]:
+        """The partition count of every topic that exists (all topics are asked for: asking
+        for some by name lets a broker that creates topics on use create them)."""
+        assert self._admin is not None
+        described = await self._ask(self._admin.describe_topics())
+        return {t["topic"]: len(t["partitions"]) for t in described if not t["error_code"]}
+
+    async def create(self, topics: Mapping[str, int]) -> dict[str, int]:
+        """Create ``topics`` (name -> partitions) unless they exist; returns the partition
+        count of each as the broker has it. A refusal raises StartupError naming the topics
+        and the broker's reasons."""
+        assert self._admin is not None
+        existing = await self.partitions()
+        missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+        if missing:
+            response = await self._ask(self._admin.create_topics(missing))
+            refused = [
+                f"{topic} ({_error_text(code, rest)})"
+                for topic, code, *rest in response.topic_errors
+                if code not in (0, TopicAlreadyExistsError.errno)
+            ]
+            if refused:
+                raise StartupError(
+                    f"Kafka at {self.bootstrap_servers} refused to create topics: "
+                    + ", ".join(refused)
+                    + "; create them beforehand, or allow this client to"
+                )
+            log.info("created topics %s", [t.name for t in missing])
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        while True:
+            existing = await self.partitions()
+            absent = sorted(set(topics) - set(existing))
+            if not absent:
+                return {t: existing[t] for t in topics}
+            if loop.time() >= deadline:
+                raise StartupError(f"topics {absent} were created but do not show up")
+            await asyncio.sleep(0.1)  # a new topic's metadata can take a moment to spread
+
+    async def _ask(self, request: Awaitable[_T]) -> _T:
+        """A request's answer; a broker that fails to give one raises ConnectionError."""
+        try:
+            return await request
+        except KafkaError as exc:
+            raise ConnectionError(
+                f"Kafka at {self.bootstrap_servers} did not answer: {type(exc).__name__}: {exc}"
+            ) from None
+
+
+_T = TypeVar("_T")
+
+
+def _error_text(code: int, rest: list[Any]) -> str:
+    """A broker's error code (and message, where the protocol version has one) as text.
+
+    >>> _error_text(29, ["not yours"])
+    'TopicAuthorizationFailedError: not yours'
+    >>> _error_text(29, [None]).startswith("TopicAuthorizationFailedError: Returned by the broker")
+    True
+    """
+    error = for_code(code)
+    message = rest[0] if rest and rest[0] else error.description
+    return f"{error.__name__}: {message}"
+
+
 async def ensure_topics(
     bootstrap_servers: str,
     topics: Mapping[str, int],
     client_config: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
-) -> None:
-    """Create the topics that do not exist yet (name -> partitions), retrying until the
-    broker answers or ``timeout`` passes. Existing topics are left as they are."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        admin = AIOKafkaAdminClient(
-            bootstrap_servers=bootstrap_servers, **dict(client_config or {})
-        )
-        try:
-            await admin.start()
-            existing = set(await admin.list_topics())
-            missing = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
-            if missing:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics(missing)
-                log.info("created topics %s", [t.name for t in missing])
-            return
-        except KafkaConnectionError:
-            if asyncio.get_running_loop().time() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-        finally:
-            await admin.close()
+) -> dict[str, int]:
+    """Create the topics that do not exist yet (name -> partitions) and return the partition
+    count of each, as the broker has it (existing topics are left as they are). A broker that
+    does not answer within ``timeout`` seconds raises ConnectionError; one that refuses to
+    create a topic raises StartupError."""
+    async with TopicAdmin(bootstrap_servers, client_config, timeout) as admin:
+        return await admin.create(topics)
 
 
 #: What one fetch request of a worker may return, over all its partitions. A message larger

@@ -24,7 +24,7 @@ import asyncio
 import base64
 import sys
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -310,12 +310,11 @@ async def replay(
     result_set: str = "",
     flush_every: int = 1000,
     time_range: tuple[int, int] | None = None,
-    total: int | None = None,
-    progress: TextIO | None = sys.stderr,
+    progress: Report | None = None,
 ) -> Summary:
     """Fold ``messages`` and publish the rows to the metrics topic; returns the summary.
-    ``time_range`` (epoch ms) keeps the events of that range; ``total`` (messages) enables
-    the progress line's ETA."""
+    ``time_range`` (epoch ms) keeps the events of that range; ``progress`` is told the
+    messages and events folded after each message, and once more at the end."""
     replayer = Replayer(settings, result_set, flush_every, time_range)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.bootstrap_servers,
@@ -334,13 +333,11 @@ async def replay(
 
     try:
         acks: list[asyncio.Future[Any]] = []
-        last_report = 0.0
+        folded = replayer.summary
         async for message in _aiter(messages):
             await send(replayer.fold(message))
-            now = time.monotonic()
-            if progress is not None and now - last_report > 0.5:
-                _report(progress, replayer.summary, now - started, total)
-                last_report = now
+            if progress is not None:
+                progress(folded.messages, folded.events, False)
             if len(acks) > 1000:
                 await asyncio.gather(*acks)
                 acks = []
@@ -352,8 +349,7 @@ async def replay(
     summary.seconds = time.monotonic() - started
     summary.partitions = sorted(replayer.states)
     if progress is not None:
-        _report(progress, summary, summary.seconds, total)
-        progress.write("\n")
+        progress(summary.messages, summary.events, True)
     return summary
 
 
@@ -368,16 +364,45 @@ async def _aiter(
             yield m
 
 
-def _report(out: TextIO, s: Summary, elapsed: float, total: int | None) -> None:
-    rate = s.events / elapsed if elapsed > 0 else 0.0
-    line = f"\r{s.messages} messages, {s.events} events, {rate:,.0f} events/s"
-    if total:
-        done = min(s.messages / total, 1.0)
-        eta = elapsed / done - elapsed if done > 0 else float("nan")
-        bar = "#" * int(done * 30)
-        line = f"\r[{bar:<30}] {done:6.1%} " + line[1:] + f", ETA {eta:,.0f}s"
-    out.write(line)
-    out.flush()
+#: A progress report: messages and events (None: not counted) done so far, and whether
+#: that is all.
+Report = Callable[[int, int | None, bool], None]
+
+
+class ProgressLine:
+    """A progress line on ``out``, redrawn in place at most twice a second: messages (and
+    events) done and their rate; with a ``total`` of messages, a bar and an estimate of the
+    time left. Its :meth:`update` is a :data:`Report`.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> ProgressLine(out, total=4).update(1, None, True)
+    >>> out.getvalue().split(" 1 messages")[0]
+    '\\r[#######                       ]  25.0%'
+    """
+
+    def __init__(self, out: TextIO, total: int | None = None) -> None:
+        self.out = out
+        self.total = total
+        self.started = time.monotonic()
+        self._drawn = float("-inf")
+
+    def update(self, messages: int, events: int | None, final: bool) -> None:
+        now = time.monotonic()
+        if not final and now - self._drawn < 0.5:
+            return
+        self._drawn = now
+        elapsed = now - self.started
+        counted, unit = (messages, "messages") if events is None else (events, "events")
+        rate = counted / elapsed if elapsed > 0 else 0.0
+        line = f"{messages} messages" + ("" if events is None else f", {events} events")
+        line += f", {rate:,.0f} {unit}/s"
+        if self.total:
+            done = min(messages / self.total, 1.0)
+            eta = elapsed / done - elapsed if done > 0 else float("nan")
+            line = f"[{'#' * int(done * 30):<30}] {done:6.1%} {line}, ETA {eta:,.0f}s"
+        self.out.write("\r" + line + ("\n" if final else ""))
+        self.out.flush()
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -389,11 +414,18 @@ async def export(
     out: TextIO,
     start: dict[tuple[str, int], int] | None = None,
     end: dict[tuple[str, int], int] | None = None,
+    progress: TextIO | None = None,
 ) -> int:
     """Write the messages of a topic range as JSON Lines (kind, partition, offset, Kafka
     timestamp, whether it is a re-routed copy, and the value as text, or ``value_base64``
     when it is not UTF-8), so a replay of the file reads the very bytes and times the topics
-    held; returns how many."""
+    held; returns how many, with a progress line on ``progress``."""
+    partitions = tuple(partitions)
+    report = None
+    if progress is not None:
+        report = ProgressLine(
+            progress, await _range_size(settings, partitions, start or {}, end or {})
+        )
     count = 0
     async for m in topic_messages(settings, partitions, start, end):
         line: dict[str, Any] = {
@@ -410,6 +442,10 @@ async def export(
             line["value_base64"] = base64.b64encode(m.value or b"").decode()
         out.write(orjson.dumps(line).decode() + "\n")
         count += 1
+        if report is not None:
+            report.update(count, None, False)
+    if report is not None:
+        report.update(count, None, True)
     return count
 
 
@@ -447,30 +483,35 @@ async def locate(
 
 
 async def _run(
-    settings: Settings, plan: Plan, partitions: tuple[int, ...], progress: TextIO | None
+    settings: Settings, plan: Plan, partitions: tuple[int, ...], progress: Report | None
 ) -> Summary:
-    total: int | None
+    messages: Iterable[InputMessage] | AsyncIterator[InputMessage]
     if plan.files:
         wanted = set(partitions)
-        messages: Iterable[InputMessage] | AsyncIterator[InputMessage] = (
+        messages = (
             m
             for m in file_messages(plan.files, settings.partitions, settings.topic_prefix)
             if m.partition in wanted
         )
-        total = None if progress is None else _lines(plan.files)
     else:
         start, end = await locate(settings, plan, partitions)
         messages = topic_messages(settings, partitions, start, end)
-        total = None if progress is None else await _range_size(settings, partitions, start, end)
     return await replay(
         settings,
         messages,
         result_set=plan.result_set,
         flush_every=plan.flush_every,
         time_range=plan.time_range,
-        total=total,
         progress=progress,
     )
+
+
+async def _total(settings: Settings, plan: Plan) -> int:
+    """Messages the replay of ``plan`` reads (for the progress line's ETA)."""
+    if plan.files:
+        return _lines(plan.files)
+    start, end = await locate(settings, plan, plan.partitions)
+    return await _range_size(settings, plan.partitions, start, end)
 
 
 def _lines(paths: Iterable[str]) -> int:
@@ -509,22 +550,48 @@ async def _range_size(
         await consumer.stop()
 
 
-def _run_in_process(args: tuple[Settings, Plan, tuple[int, ...]]) -> Summary:
-    settings, plan, partitions = args
-    return asyncio.run(_run(settings, plan, partitions, None))
+#: In a replay process: the array its progress goes to (two slots per process).
+_COUNTS: Any = None
+
+
+def _share_counts(counts: Any) -> None:
+    global _COUNTS
+    _COUNTS = counts
+
+
+def _run_in_process(args: tuple[Settings, Plan, tuple[int, ...], int]) -> Summary:
+    """One replay process's share; what it folded goes to its two slots of ``_COUNTS``."""
+    settings, plan, partitions, slot = args
+
+    def report(messages: int, events: int | None, final: bool) -> None:
+        _COUNTS[2 * slot], _COUNTS[2 * slot + 1] = messages, events or 0
+
+    return asyncio.run(_run(settings, plan, partitions, report))
 
 
 def run(
     settings: Settings, plan: Plan, workers: int = 1, progress: TextIO | None = sys.stderr
 ) -> Summary:
-    """Replay ``plan`` with ``workers`` processes, each owning a share of the partitions."""
+    """Replay ``plan`` with ``workers`` processes, each owning a share of the partitions,
+    with a progress line on ``progress`` (over all of them)."""
+    line = None if progress is None else ProgressLine(progress, asyncio.run(_total(settings, plan)))
     if workers <= 1:
-        return asyncio.run(_run(settings, plan, plan.partitions, progress))
+        return asyncio.run(_run(settings, plan, plan.partitions, line and line.update))
     import multiprocessing
 
-    shares = [plan.partitions[i::workers] for i in range(workers)]
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
-        parts = pool.map(_run_in_process, [(settings, plan, s) for s in shares if s])
+    context = multiprocessing.get_context("spawn")
+    shares = [s for s in (plan.partitions[i::workers] for i in range(workers)) if s]
+    # Each process writes only its own slots: no lock needed.
+    counts = context.Array("q", 2 * len(shares), lock=False)
+    with context.Pool(len(shares), _share_counts, (counts,)) as pool:
+        done = pool.map_async(
+            _run_in_process, [(settings, plan, s, i) for i, s in enumerate(shares)]
+        )
+        while not done.ready():
+            done.wait(0.5)
+            if line is not None:
+                line.update(sum(counts[0::2]), sum(counts[1::2]), False)
+        parts = done.get()
     total = Summary()
     for part in parts:
         for name in ("messages", "events", "dead_letters", "windows", "rows"):
@@ -532,4 +599,6 @@ def run(
         total.seconds = max(total.seconds, part.seconds)
         total.partitions += part.partitions
     total.partitions.sort()
+    if line is not None:
+        line.update(total.messages, total.events, True)
     return total

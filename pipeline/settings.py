@@ -12,6 +12,7 @@ False
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import ssl
@@ -158,6 +159,11 @@ class Settings:
     idle_exit_seconds: float = _setting(
         0.0, "stop the worker after this long with no input and nothing unwritten (0 = never)"
     )
+    connect_timeout_seconds: float = _setting(
+        20.0,
+        "how long a command waits at start for Kafka (and a ClickHouse server) to answer"
+        " before it stops with an error",
+    )
     session_timeout_seconds: float = _setting(10.0, "Kafka consumer-group session timeout")
     heartbeat_interval_seconds: float = _setting(3.0, "Kafka consumer-group heartbeat interval")
     rebalance_timeout_seconds: float = _setting(60.0, "Kafka consumer-group rebalance timeout")
@@ -220,7 +226,7 @@ class Settings:
             raise ValueError(
                 f"drift_correction: expected bh, bonferroni or none, got {self.drift_correction!r}"
             )
-        for name in ("flush_interval_seconds", "sink_batch_seconds"):
+        for name in ("flush_interval_seconds", "sink_batch_seconds", "connect_timeout_seconds"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)}")
         if self.derive_interval_seconds < 0:
@@ -243,24 +249,42 @@ class Settings:
         file: str | Path | None = None,
         env: Mapping[str, str] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        flags: Mapping[str, str | None] | None = None,
     ) -> Settings:
-        """Defaults, then the TOML ``file``, then ``MODELMON_<NAME>`` variables, then overrides
-        (flags; None values are ignored)."""
+        """Defaults, then the TOML ``file`` (or ``MODELMON_CONFIG``), then ``MODELMON_<NAME>``
+        variables, then command-line ``flags`` (text), then ``overrides`` (typed values, or
+        text); None values are ignored. Each value must have its setting's type: text is
+        parsed strictly, a typed value is never converted (``true`` is no int, ``45.9`` no
+        int, a list no str), and an error names where the value came from."""
         env = os.environ if env is None else env
+        known = {f.name: f for f in fields(cls)}
         values: dict[str, Any] = {}
-        file = file or env.get("MODELMON_CONFIG")
+        if not file and env.get("MODELMON_CONFIG"):
+            file = env["MODELMON_CONFIG"]
+            where = f"config file {file} (MODELMON_CONFIG)"
+        else:
+            where = f"config file {file}"
         if file:
-            with open(file, "rb") as fh:
-                values.update(tomllib.load(fh))
-        for f in fields(cls):
-            name = "MODELMON_" + f.name.upper()
-            if name in env:
-                values[f.name] = env[name]
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        unknown = set(values) - {f.name for f in fields(cls)}
+            unknown = set(table := _read_toml(file, where)) - set(known)
+            if unknown:
+                raise ValueError(f"{where}: unknown settings: {', '.join(sorted(unknown))}")
+            for name, value in table.items():
+                values[name] = _typed(known[name], value, f"{where}: {name}")
+        for name, f in known.items():
+            var = "MODELMON_" + name.upper()
+            if var in env:
+                values[name] = _parsed(f, env[var], var)
+        given = [(k, v, "--" + k.replace("_", "-")) for k, v in (flags or {}).items()]
+        given += [(k, v, k) for k, v in (overrides or {}).items()]
+        unknown = {k for k, _, _ in given} - set(known)
         if unknown:
             raise ValueError(f"unknown settings: {', '.join(sorted(unknown))}")
-        return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+        for name, value, label in given:
+            if isinstance(value, str):
+                values[name] = _parsed(known[name], value, label)
+            elif value is not None:
+                values[name] = _typed(known[name], value, label)
+        return cls(**values)
 
     @property
     def drift_reference_range_ms(self) -> tuple[int, int] | None:
@@ -351,13 +375,60 @@ def _epoch_ms(text: str) -> int:
         return round(parsed.timestamp() * 1000)
 
 
-def _coerce(cls: type[Settings], name: str, value: Any) -> Any:
-    kind = {f.name: f.type for f in fields(cls)}[name]
+def _read_toml(file: str | Path, where: str) -> dict[str, Any]:
     try:
-        if kind == "int":
-            return int(value)
-        if kind == "float":
-            return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name}: expected {kind}, got {value!r}") from None
-    return str(value)
+        with open(file, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ValueError(f"{where}: cannot read it: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{where}: not valid TOML: {exc}") from None
+
+
+def _shown(f: Any, value: Any) -> str:
+    """``value`` for an error message, with its type unless it is text; a secret only by
+    its type."""
+    kind = type(value).__name__
+    if f.metadata["secret"]:
+        return f"a secret of type {kind}"
+    return repr(value) if isinstance(value, str) else f"{kind} {value!r}"
+
+
+def _typed(f: Any, value: Any, where: str) -> Any:
+    """A typed value (from TOML or Python) checked against the setting's type, unconverted
+    but for an int given for a float."""
+    kind = f.type
+    ok = (
+        (kind == "int" and type(value) is int)
+        or (kind == "float" and type(value) in (int, float) and math.isfinite(value))
+        or (kind == "str" and isinstance(value, str))
+    )
+    if not ok:
+        raise ValueError(f"{where}: expected {_KINDS[kind]}, got {_shown(f, value)}")
+    return float(value) if kind == "float" else value
+
+
+def _parsed(f: Any, text: str, where: str) -> Any:
+    """A setting's value parsed strictly from text (the environment, a flag).
+
+    >>> from dataclasses import fields
+    >>> lateness = next(f for f in fields(Settings) if f.name == "lateness_seconds")
+    >>> _parsed(lateness, " 30 ", "MODELMON_LATENESS_SECONDS")
+    30
+    >>> _parsed(lateness, "30.5", "MODELMON_LATENESS_SECONDS")
+    Traceback (most recent call last):
+    ValueError: MODELMON_LATENESS_SECONDS: expected int (a whole number), got '30.5'
+    """
+    kind = f.type
+    if kind == "str":
+        return text
+    try:
+        value = int(text) if kind == "int" else float(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value):
+        raise ValueError(f"{where}: expected {_KINDS[kind]}, got {_shown(f, text)}")
+    return value
+
+
+_KINDS = {"int": "int (a whole number)", "float": "float (a finite number)", "str": "str (text)"}

@@ -7,7 +7,9 @@ a random delay in event time; some never come, some come twice. Predictions come
 client apps; from ``probe_at`` on, a share ``probe_rate`` comes from a ``scraper`` client
 that sends uniformly random images (probing the input space) and never gets a label. Event
 time is simulated, so a run of any length covers ``events / events_per_second_event_time``
-seconds of traffic.
+seconds of traffic; by default the rate is chosen from the number of events so that the run
+covers at least :data:`MIN_WINDOWS` one-minute windows, and the degradation shows as a change
+from one window to the next however few events there are.
 
 >>> events = list(generate(events=200, seed=1, start_ts=1_700_000_000.0))
 >>> kinds = [kind for kind, _ in events]
@@ -49,6 +51,22 @@ class SimulationSummary:
     last_ts: float
 
 
+#: One-minute windows a simulated run covers at least (at the default rate).
+MIN_WINDOWS = 10
+#: The fastest default rate, in events per second of event time.
+MAX_EVENTS_PER_SECOND = 50.0
+
+
+def default_rate(events: int) -> float:
+    """The event rate (per second of event time) that spreads ``events`` over at least
+    :data:`MIN_WINDOWS` minutes, at most :data:`MAX_EVENTS_PER_SECOND`.
+
+    >>> default_rate(3000), round(default_rate(20_000) * MIN_WINDOWS * 60), default_rate(10**6)
+    (5.0, 20000, 50.0)
+    """
+    return min(MAX_EVENTS_PER_SECOND, max(events, 1) / (MIN_WINDOWS * 60.0))
+
+
 def default_start_ts(events: int, events_per_second_event_time: float) -> float:
     """Now minus the simulated span, aligned down to a minute, so the traffic ends about now."""
     span = events / events_per_second_event_time
@@ -61,7 +79,7 @@ def generate(
     seed: int = 0,
     model: str = "digits",
     start_ts: float | None = None,
-    events_per_second_event_time: float = 50.0,
+    events_per_second_event_time: float | None = None,
     label_delay_s: tuple[float, float] = (5.0, 120.0),
     missing_label_rate: float = 0.05,
     duplicate_label_rate: float = 0.02,
@@ -74,11 +92,14 @@ def generate(
 
     Deterministic for a given ``seed`` and ``start_ts``. A label is released once the
     simulated clock (the latest prediction's ``ts``) has passed its own ``ts``; labels still
-    pending after the last prediction follow in ``ts`` order.
+    pending after the last prediction follow in ``ts`` order. The rate is
+    :func:`default_rate` unless ``events_per_second_event_time`` is given.
     """
     from sklearn.datasets import load_digits
     from sklearn.linear_model import LogisticRegression
 
+    if events_per_second_event_time is None:
+        events_per_second_event_time = default_rate(events)
     if start_ts is None:
         start_ts = default_start_ts(events, events_per_second_event_time)
     rng = np.random.default_rng(seed)
@@ -212,7 +233,7 @@ async def simulate(
     topic_prefix: str = "modelmon.",
     model: str = "digits",
     start_ts: float | None = None,
-    events_per_second_event_time: float = 50.0,
+    events_per_second_event_time: float | None = None,
     label_delay_s: tuple[float, float] = (5.0, 120.0),
     missing_label_rate: float = 0.05,
     duplicate_label_rate: float = 0.02,
@@ -224,6 +245,8 @@ async def simulate(
 
     Returns once every event is acknowledged by the broker (or counted as dropped).
     """
+    if events_per_second_event_time is None:
+        events_per_second_event_time = default_rate(events)
     if start_ts is None:
         start_ts = default_start_ts(events, events_per_second_event_time)
     traffic = generate(

@@ -37,13 +37,22 @@ class SinkRuntime:
     ``derive_interval_seconds`` (at once when input pauses); advances a partition's commits
     past a message only once its rows are inserted and the windows they changed derived."""
 
-    def __init__(self, app: faust.App, settings: Settings, topics: Topics, run_id: str) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        settings: Settings,
+        topics: Topics,
+        run_id: str,
+        sink: ClickHouseSink | None = None,
+    ) -> None:
         self.app = app
         self.settings = settings
         self.topics = topics
         self.inputs = (topics.metrics, topics.deadletter)
         self.run_id = run_id
-        self.sink: ClickHouseSink | None = None
+        #: The result database, opened and migrated (by the worker at start; else on the
+        #: first write, or the query endpoint's first query).
+        self.sink = sink
         self._opening = threading.Lock()
         self.targets: dict[str, tuple[ClickHouseSink, Deriver]] = {}
         self.last_input = time.monotonic()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -53,30 +54,6 @@ def scrub(text: str, dsn: str) -> str:
 _CREDENTIALS = re.compile(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)(.*)@", re.I | re.S)
 
 
-def chdb_path(dsn: str) -> Path | None:
-    """The absolute directory of an embedded (``chdb://``) DSN, or None for a server.
-
-    >>> chdb_path("chdb:///var/lib/modelmon/chdb"), chdb_path("http://host:8123")
-    (PosixPath('/var/lib/modelmon/chdb'), None)
-    """
-    if not dsn.startswith("chdb://"):
-        return None
-    return Path(os.path.abspath(dsn.removeprefix("chdb://")))
-
-
-def connect(dsn: str) -> Any:
-    """A clickhouse-connect client of ``dsn``; ConnectionError (without the password) if it
-    cannot be opened."""
-    try:
-        # The scheme decides TLS (clickhouse-connect would infer it from the port only).
-        scheme = urlsplit(dsn).scheme
-        interface = scheme if scheme in ("http", "https") else None
-        return clickhouse_connect.get_client(dsn=dsn, interface=interface)
-    except Exception as exc:
-        reason = scrub(str(exc), dsn)
-        raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {reason}") from None
-
-
 #: The embedded engine's allocator (chDB's jemalloc) settings, unless ``JE_MALLOC_CONF`` is
 #: set already. chDB builds it to keep freed pages for 5 s, so the sink held what its largest
 #: merges and derives of the last seconds had freed: a peak RSS of 594-623 MiB at 250k
@@ -87,14 +64,93 @@ def connect(dsn: str) -> Any:
 EMBEDDED_MALLOC_CONF = "dirty_decay_ms:0"
 
 
-class ClickHouseSink:
-    """One connection to the result database; methods are blocking and thread-safe."""
+def chdb_path(dsn: str) -> Path | None:
+    """The embedded engine's directory named by a ``chdb://`` DSN, made absolute (relative
+    paths are relative to the working directory), or None for a server's DSN. The DSN names
+    a directory only: the database is always ``clickhouse_database``.
 
-    def __init__(self, dsn: str, database: str, settings: Settings | None = None) -> None:
+    >>> chdb_path("chdb:///var/lib/modelmon/chdb")
+    PosixPath('/var/lib/modelmon/chdb')
+    >>> chdb_path("chdb://modelmon-data/chdb") == Path.cwd() / "modelmon-data" / "chdb"
+    True
+    >>> chdb_path("chdb://./modelmon-data/chdb") == chdb_path("chdb://modelmon-data/chdb")
+    True
+    >>> chdb_path("http://user:pass@host:8123") is None
+    True
+    """
+    if not dsn.lower().startswith("chdb:"):
+        return None
+    path = dsn[len("chdb:") :].removeprefix("//")
+    if not path or dsn[5:7] != "//" or "?" in path or "#" in path:
+        raise ValueError(
+            "clickhouse_dsn: a chdb DSN is chdb://relative/path or chdb:///absolute/path"
+            f" (a directory, nothing else), got {dsn!r}"
+        )
+    return Path(os.path.abspath(path))
+
+
+def first_line(text: str) -> str:
+    """The first non-empty line of an error message (the engine's come with stack traces).
+
+    >>> first_line("\\nCode: 81. DB::Exception: nope\\n  0. stack")
+    'Code: 81. DB::Exception: nope'
+    """
+    return next((line.strip() for line in text.splitlines() if line.strip()), text)
+
+
+def connect(dsn: str, connect_timeout: float | None = None) -> Any:
+    """A clickhouse-connect client of ``dsn`` (an embedded engine at :func:`chdb_path`, or a
+    server, whose answer ``connect_timeout`` seconds bound); ConnectionError, one line
+    without the password, if it cannot be opened."""
+    path = chdb_path(dsn)
+    try:
+        if path is not None:
+            return clickhouse_connect.get_client(interface="chdb", path=str(path))
+        # The scheme decides TLS (clickhouse-connect would infer it from the port only).
+        scheme = urlsplit(dsn).scheme
+        return clickhouse_connect.get_client(
+            dsn=dsn,
+            interface=scheme if scheme in ("http", "https") else None,
+            **({} if connect_timeout is None else {"connect_timeout": connect_timeout}),
+        )
+    except Exception as exc:
+        reason = scrub(first_line(str(exc)), dsn)
+        raise ConnectionError(f"cannot open ClickHouse at {redact(dsn)}: {reason}") from None
+
+
+def _writable_directory(path: Path) -> None:
+    """Create ``path`` and make sure files can be created in it (the engine writes its
+    files there, and only there)."""
+    problem = f"cannot use {path} for the embedded ClickHouse"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConnectionError(f"{problem}: {exc.filename or path}: {exc.strerror or exc}") from None
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConnectionError(f"{problem}: cannot create files in it: {exc.strerror}") from None
+
+
+class ClickHouseSink:
+    """One connection to the result database, with the tables and views ``settings``
+    declare; methods are blocking and thread-safe. ``connect_timeout`` (seconds) bounds how
+    long a server may take to answer."""
+
+    def __init__(
+        self,
+        dsn: str,
+        database: str,
+        settings: Settings | None = None,
+        *,
+        connect_timeout: float | None = None,
+    ) -> None:
         if not _IDENTIFIER.match(database):
             raise ValueError(f"database name must be a plain identifier, got {database!r}")
-        if dsn.startswith("chdb://"):
-            Path(dsn.removeprefix("chdb://")).mkdir(parents=True, exist_ok=True)
+        path = chdb_path(dsn)
+        if path is not None:
+            _writable_directory(path)
             os.environ.setdefault("JE_MALLOC_CONF", EMBEDDED_MALLOC_CONF)
         settings = settings or Settings()
         self.database = database
@@ -102,7 +158,7 @@ class ClickHouseSink:
         self.schema = tables.Schema.of(settings)
         self.view_settings = tables.view_settings(settings)
         self._lock = threading.Lock()
-        self._client = connect(dsn)
+        self._client = connect(dsn, connect_timeout)
 
     def sibling(self, database: str) -> ClickHouseSink:
         """The same connection writing to another database (a replay's result set), migrated.

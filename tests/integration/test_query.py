@@ -122,7 +122,7 @@ def read(d: Any, sql: str, *flags: str) -> list[dict[str, Any]]:
 
 def database(d: Any) -> list[Any]:
     """Every table and view with its definition and row count, the stored settings and the
-    rows of model_activity (whose definition depends on window_seconds)."""
+    rows of model_activity (whose definition depends on the window)."""
     tables = read(
         d,
         "SELECT name, create_table_query, total_rows FROM system.tables"
@@ -137,18 +137,18 @@ def database(d: Any) -> list[Any]:
 
 def assert_read_only(d: Any, files: Path) -> None:
     """Every write is refused in one line, exit 2, and the database, with another
-    window_seconds than the worker's, is as it was."""
+    window than the worker's, is as it was."""
     before = database(d)
     for sql, reason in WRITES.items():
-        out = modelmon_query(d, sql.replace("{dir}", str(files)), "--window-seconds=1")
+        out = modelmon_query(d, sql.replace("{dir}", str(files)), "--window=1s")
         error = out.stderr.decode()
         assert out.returncode == 2, (sql, error)
         assert out.stdout == b"", sql
         assert error.startswith("modelmon: error: ") and error.count("\n") == 1, (sql, error)
         assert reason in error, (sql, error)
-    assert read(d, "SELECT 1 AS one", "--window-seconds=1") == [{"one": 1}]
+    assert read(d, "SELECT 1 AS one", "--window=1s") == [{"one": 1}]
     assert database(d) == before
-    assert before[2] == [{"name": "window_seconds", "value": str(WINDOW)}]
+    assert before[2] == [{"name": "window", "value": f"{WINDOW}s"}]
     assert list(files.iterdir()) == []
 
 
@@ -167,7 +167,7 @@ def test_query_reads_through_the_running_worker_and_the_same_rows_after_it_stopp
     deployment: Any, tmp_path: Path
 ) -> None:
     d = deployment(partitions=2)
-    settings = d.settings(idle_exit_seconds=0, window_seconds=WINDOW)
+    settings = d.settings(idle_exit_seconds=0, window=f"{WINDOW}s")
     with open(d.root / "worker.log", "ab") as log:
         worker = subprocess.Popen(worker_command(settings), stdout=log, stderr=subprocess.STDOUT)
     try:

@@ -1,13 +1,15 @@
-"""A ClickHouse outage: the sink retries with backoff, commits nothing, keeps its memory
-bounded, says so in its log and counters, and catches up with nothing lost."""
+"""A ClickHouse outage that begins after the sink started: the sink retries with backoff,
+commits nothing, keeps its memory bounded, says so in its log and counters, and catches up
+with nothing lost."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
-import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,15 +23,22 @@ SHORT = {**WORKER, "window": "10s", "flush_interval_seconds": 0.1}
 
 pytestmark = pytest.mark.integration
 
-# chDB opens a database path in one process only: while this process holds it, the worker's
-# sink cannot open it, exactly as when a ClickHouse server is unreachable.
-HOLDER = """
-import sys, time, clickhouse_connect
-client = clickhouse_connect.get_client(dsn=sys.argv[1])
-client.command("SELECT 1")
-print("holding", flush=True)
-time.sleep(3600)
-"""
+
+def set_writable(path: Path, writable: bool) -> None:
+    """Let nothing (not even root: the immutable flag) create or remove files in the
+    directories under ``path``, or let it again: to the sink, an outage of its database that
+    begins after it started (at start, it would be an error)."""
+    directories = [path, *(p for p in path.rglob("*") if p.is_dir() and not p.is_symlink())]
+    if os.geteuid() == 0:
+        flag = "-i" if writable else "+i"
+        done = subprocess.run(["chattr", flag, *map(str, directories)], capture_output=True)
+        if done.returncode and not writable:
+            set_writable(path, True)
+            pytest.skip(f"root cannot make {path} read-only: chattr: {done.stderr[:200]!r}")
+        return
+    for directory in directories:
+        mode = directory.stat().st_mode
+        directory.chmod(mode | 0o200 if writable else mode & ~0o222)
 
 
 async def send(d: Any, events: list[tuple[str, dict[str, Any]]], pace: float = 0) -> None:
@@ -49,24 +58,26 @@ def test_sink_outage_loses_nothing_and_commits_nothing(deployment: Any) -> None:
     calm.run_worker(**SHORT)
     expected = calm.query("SELECT * EXCEPT inserted_at FROM quality_windows ORDER BY ALL")
 
-    (outage.root / "chdb").mkdir()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, outage.dsn], stdout=subprocess.PIPE, text=True
-    )
     log = outage.root / "worker.log"
     workers: list[subprocess.Popen[bytes]] = []
     try:
         try:
-            assert holder.stdout is not None and holder.stdout.readline().strip() == "holding"
             with open(log, "ab") as out:
-                for role in ("sink", "compute"):
+
+                def start(role: str, level: str) -> subprocess.Popen[bytes]:
                     settings = outage.settings(role=role, idle_exit_seconds=3, **SHORT)
-                    workers.append(
-                        subprocess.Popen(
-                            worker_command(settings), stdout=out, stderr=subprocess.STDOUT
-                        )
-                    )
-            sink, compute = workers
+                    command = worker_command(settings)
+                    command[command.index("--log-level=WARNING")] = f"--log-level={level}"
+                    workers.append(subprocess.Popen(command, stdout=out, stderr=out))
+                    return workers[-1]
+
+                # Faust says Ready at INFO once the start-up checks passed and the tables exist.
+                sink = start("sink", "INFO")
+                while "[^Worker]: Ready" not in log.read_text():
+                    assert sink.poll() is None, log.read_text()[-3000:]
+                    time.sleep(0.1)
+                set_writable(outage.root / "chdb", False)
+                compute = start("compute", "WARNING")
             # Events trickle in during the outage, and every flush re-emits the windows they
             # change: the result backlog in Kafka grows well past the sink's buffer.
             producer = threading.Thread(target=lambda: asyncio.run(send(outage, events, 0.05)))
@@ -90,8 +101,7 @@ def test_sink_outage_loses_nothing_and_commits_nothing(deployment: Any) -> None:
             growth_mb = (max(rss) - rss[0]) / 1024
             assert growth_mb < 16, (growth_mb, backlog_mb, rss)
         finally:
-            holder.kill()
-            holder.wait()
+            set_writable(outage.root / "chdb", True)
         assert sink.wait(timeout=180) == 0
     finally:
         for proc in workers:  # a failed assertion must not leave workers behind

@@ -14,6 +14,7 @@ from aiokafka.errors import KafkaConnectionError
 
 import producers.client
 from producers import Batcher, MonitorClient, SyncMonitorClient, generate
+from producers.simulate import MIN_WINDOWS, default_rate
 from schemas.codec import decode_message
 from schemas.topics import partition_for
 
@@ -286,7 +287,7 @@ def test_labels_are_late_missing_and_duplicated_at_the_configured_rates(
             continue
         assert 5.0 <= event["ts"] - predicted_at[event["event_id"]] <= 120.0
         if len(predicted_at) < 20_000:  # released just before the first later prediction
-            assert clock < event["ts"] <= clock + 1 / 50 + 1e-6
+            assert clock < event["ts"] <= clock + 1 / default_rate(20_000) + 1e-6
         labels[event["event_id"]] += 1
     assert len(predicted_at) == 20_000
     # The scraper probes from a quarter of the run on, at 2 %, and is never labelled.
@@ -316,6 +317,19 @@ def test_degradation_lowers_accuracy_in_the_second_half(
     noisy = np.mean([p["features"]["mean_intensity"] for p in predictions[10_000:]])
     clean = np.mean([p["features"]["mean_intensity"] for p in predictions[:10_000]])
     assert noisy - clean > 0.5
+
+
+@pytest.mark.parametrize("events", [300, 3000, 20_000])
+def test_any_number_of_events_spans_windows_before_and_after_the_degradation(
+    events: int, traffic: list[tuple[str, dict[str, Any]]]
+) -> None:
+    run = traffic if events == 20_000 else generate(events=events, seed=3, start_ts=START)
+    predictions = [e for kind, e in run if kind == "prediction"]
+    minute = [int(p["ts"] // 60) for p in predictions]
+    noisy_from = minute[events // 2]  # the noise starts halfway, within this window
+    assert len(set(minute)) >= MIN_WINDOWS
+    assert len({m for m in minute if m < noisy_from}) >= MIN_WINDOWS // 2 - 1
+    assert len({m for m in minute if m > noisy_from}) >= MIN_WINDOWS // 2 - 1
 
 
 def test_envelopes_of_generated_traffic_stay_decodable(
