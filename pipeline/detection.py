@@ -11,12 +11,16 @@
 
 Each partition holds its own detectors: events are spread over partitions by ``event_id``
 hash, so each detector watches a uniform sample of a model's traffic.
+
+A detector whose saved state cannot be restored (written by another River version or state
+format, or damaged) starts afresh instead of stopping the worker: see :class:`DetectorStreams`.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -24,23 +28,134 @@ import orjson
 from pipeline.estimators.detectors import Detector
 from pipeline.estimators.family import INSERTED_AT, TIME, Column, Table
 
+log = logging.getLogger(__name__)
+
+STREAMS = ("score", "error")
 StreamKey = tuple[str, str, str]  # model, model_version, stream
 Item = tuple[int, str, str, str, float]  # ts, event_id, model, model_version, value
+Released = tuple[int, str]  # (ts, event_id) of the last item fed
+
+
+def _read_state(state: Any) -> tuple[dict[str, Released], dict[StreamKey, Mapping[str, Any]]]:
+    """The released keys and, per stream, the detector states of a
+    :meth:`DetectorStreams.to_state` output; ``ValueError`` saying why if it is not one. The
+    detector states themselves are left to :meth:`Detector.from_state`."""
+    if not (isinstance(state, Mapping) and set(state) == {"released", "detectors"}):
+        raise ValueError("expected a JSON object of 'released' and 'detectors'")
+    released, entries = state["released"], state["detectors"]
+    if not isinstance(released, Mapping) or not isinstance(entries, list):
+        raise ValueError("'released' is not an object or 'detectors' not a list")
+    keys: dict[str, Released] = {}
+    for stream, key in released.items():
+        if not (
+            stream in STREAMS
+            and isinstance(key, list)
+            and len(key) == 2
+            and type(key[0]) is int
+            and isinstance(key[1], str)
+        ):
+            raise ValueError(f"released: {stream!r}: {key!r} is not a stream's [ts, event_id]")
+        keys[stream] = (key[0], key[1])
+    states: dict[StreamKey, Mapping[str, Any]] = {}
+    for entry in entries:
+        if not (
+            isinstance(entry, Mapping)
+            and isinstance(entry.get("model"), str)
+            and isinstance(entry.get("model_version"), str)
+            and entry.get("stream") in STREAMS
+            and isinstance(entry.get("state"), Mapping)
+        ):
+            raise ValueError(f"detectors: {entry!r:.200} is not a stream's detector states")
+        stream_key = (entry["model"], entry["model_version"], entry["stream"])
+        if stream_key in states:
+            raise ValueError(f"detectors: {stream_key} appears twice")
+        states[stream_key] = entry["state"]
+    return keys, states
 
 
 class DetectorStreams:
-    """Pending items and detectors of one partition."""
+    """Pending items and detectors of one partition.
 
-    def __init__(self, detectors: Iterable[str], state: dict[str, Any] | None = None) -> None:
+    Parameters
+    ----------
+    detectors
+        Names of the detectors (keys of :data:`~pipeline.estimators.detectors.DETECTORS`)
+        that watch every stream.
+    state
+        A :meth:`to_state` output to continue from (``None`` or ``{}``: none). Each stream in
+        it gets the configured detectors: restored from their saved states, fresh where
+        there is none (a detector configured since); saved detectors no longer configured
+        are dropped. A detector whose state cannot be restored (written by another River
+        version or state format, or damaged) starts afresh, with a warning naming it and
+        why; the streams' released keys are kept, so it is fed the items after them, in the
+        canonical order. A state that cannot be read as a whole (its released keys unknown)
+        restarts every detector of the partition, also with a warning. Either is counted in
+        :attr:`resets`; neither raises.
+
+    Examples
+    --------
+    >>> saved = DetectorStreams(["adwin"])
+    >>> saved.push("error", 1_000, "e1", "m", "1", 1.0)
+    >>> saved.release("error", 2_000, partition=0)
+    []
+    >>> state = saved.to_state()
+    >>> state["detectors"][0]["state"]["adwin"]["river_version"] = "0.0.1"
+    >>> restored = DetectorStreams(["adwin"], state)
+    >>> restored.resets, restored.released
+    (1, {'error': (1000, 'e1')})
+    >>> restored.detectors[("m", "1", "error")]["adwin"].position  # afresh
+    0
+    """
+
+    def __init__(self, detectors: Iterable[str], state: Any = None) -> None:
         self.names = tuple(detectors)
-        self.pending: dict[str, list[Item]] = {"score": [], "error": []}
+        self.pending: dict[str, list[Item]] = {s: [] for s in STREAMS}
         self.detectors: dict[StreamKey, dict[str, Detector]] = {}
-        self.released: dict[str, tuple[int, str]] = {}
-        if state:
-            self.released = {s: (k[0], k[1]) for s, k in state["released"].items()}
-            for entry in state["detectors"]:
-                key = (entry["model"], entry["model_version"], entry["stream"])
-                self.detectors[key] = {n: Detector.from_state(s) for n, s in entry["state"].items()}
+        self.released: dict[str, Released] = {}
+        #: Detectors started afresh because their saved state could not be restored: one per
+        #: detector state refused, one for a whole state that could not be read (then all
+        #: the partition's detectors restart). Each was logged as a warning.
+        self.resets = 0
+        if state is not None and state != {}:
+            self._restore(state)
+
+    def _restore(self, state: Any) -> None:
+        try:
+            self.released, saved = _read_state(state)
+        except ValueError as exc:
+            log.warning(
+                "detector state unreadable, every detector of the partition starts afresh: %s",
+                exc,
+            )
+            self.resets += 1
+            return
+        dropped: set[str] = set()
+        for key, states in saved.items():
+            self.detectors[key] = {n: self._restored(key, n, states) for n in self.names}
+            dropped.update(set(states) - set(self.names))
+        if dropped:
+            log.info(
+                "detectors no longer configured, their saved states dropped: %s", sorted(dropped)
+            )
+
+    def _restored(self, key: StreamKey, name: str, states: Mapping[str, Any]) -> Detector:
+        if name not in states:
+            return Detector(name)
+        try:
+            detector = Detector.from_state(states[name])
+            if detector.name != name:
+                raise ValueError(f"it is the state of {detector.name!r}")
+            return detector
+        except ValueError as exc:
+            log.warning(
+                "detector %s of model %r version %r, stream %s, starts afresh: "
+                "its state cannot be restored: %s",
+                name,
+                *key,
+                exc,
+            )
+            self.resets += 1
+            return Detector(name)
 
     def push(
         self, stream: str, ts_ms: int, event_id: str, model: str, version: str, value: float

@@ -1,4 +1,5 @@
-"""Drift detectors: River parity, exact continuation after a JSON restore, delays, false alarms.
+"""Drift detectors: River parity, exact continuation after a JSON restore, a fresh start for a
+state that cannot be restored, the River code their state relies on, delays, false alarms.
 
 The delay and false-alarm bounds were measured on the seeded streams below (values in the
 comments) and leave a little headroom; the streams are deterministic, so a failure means the
@@ -7,17 +8,25 @@ detectors' behaviour changed, not bad luck.
 
 from __future__ import annotations
 
+import base64
 import inspect
 import itertools
+import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+import river
 from river import drift
+from river.drift import adwin
 
-from pipeline.estimators.detectors import DETECTORS, Detector, Firing
+from pipeline.detection import DetectorStreams
+from pipeline.estimators import detectors
+from pipeline.estimators.detectors import DETECTORS, STATE_FORMAT, Detector, Firing
+from tests.pinned import Pinned, changed, private_names, unpinned
 
 CHANGE = 5000  # position of the first value after the change
 
@@ -151,11 +160,82 @@ def test_state_is_plain_json() -> None:
         assert state["name"] == name and state["position"] == 400
 
 
-def test_state_from_another_river_version_is_refused() -> None:
+def _set(path: tuple[Any, ...], value: Any) -> Callable[[dict[str, Any]], None]:
+    def damage(state: dict[str, Any]) -> None:
+        *parents, last = path
+        for key in parents:
+            state = state[key]
+        state[last] = value
+
+    return damage
+
+
+def _drop(key: str) -> Callable[[dict[str, Any]], None]:
+    return lambda state: state.pop(key)
+
+
+def _window(edit: Callable[[bytes], bytes]) -> Callable[[dict[str, Any]], None]:
+    def damage(state: dict[str, Any]) -> None:
+        raw = base64.b64decode(state["detector"]["window"])
+        state["detector"]["window"] = base64.b64encode(edit(raw)).decode()
+
+    return damage
+
+
+#: How a saved state can be one that cannot be restored, and what the refusal says.
+DAMAGED = [
+    ("adwin", _set(("river_version",), "0.21.0"), "written by river '0.21.0', running 0\\."),
+    ("adwin", _set(("format",), STATE_FORMAT + 1), "state format 2, this one reads 1"),
+    ("adwin", _drop("format"), "state format None"),
+    ("adwin", _set(("format",), True), "state format True"),
+    ("adwin", _set(("name",), "ddm"), "unknown detector 'ddm'"),
+    ("adwin", _drop("detector"), "no field 'detector'"),
+    ("adwin", _set(("params",), [0.002]), "params: expected a JSON object"),
+    ("adwin", _set(("params", "clock"), 0), "'clock' must be an integer in \\[1, "),
+    ("adwin", _set(("params", "max_buckets"), 2**40), "'max_buckets' must be an integer"),
+    ("adwin", _set(("position",), -1), "position: expected an integer >= 0"),
+    ("adwin", _set(("position",), "600"), "position: expected an integer >= 0"),
+    ("adwin", _set(("detector", "drift_detected"), "false"), "drift_detected: expected true"),
+    ("adwin", _window(lambda raw: raw[: len(raw) // 2]), "window: not an ADWIN window"),
+    ("adwin", _window(lambda raw: raw + b"\x00"), "window: bytes after the end"),
+    ("adwin", _set(("detector", "window"), "not base64!"), "Only base64 data"),
+    ("adwin", _set(("detector", "window"), 12), "window: expected base64 text"),
+    ("page_hinkley", _set(("detector", "mean"), "1.5"), "mean: expected a number"),
+    ("page_hinkley", _set(("detector",), "truncated"), "malformed detector state"),
+    ("page_hinkley", _set(("params", "threshold"), "50"), "'threshold' must be a number > 0"),
+    ("kswin", _set(("params", "stat_size"), 60), "'stat_size' must be an integer in \\[1, wi"),
+    ("kswin", _set(("detector", "window"), [0.5] * 101), "window: expected at most 100 finite"),
+    ("kswin", _set(("detector", "rng", 0), 2), "rng: not the state of a random.Random"),
+    ("kswin", _set(("detector", "rng", 2), "x"), "rng: not the state of a random.Random"),
+    ("kswin", _set(("detector", "rng"), [3]), "rng: expected \\[version"),
+]
+
+
+def _saved(name: str) -> dict[str, Any]:
+    d = Detector(name, **({"seed": 1} if name == "kswin" else {}))
+    d.update(drifting_stream(2, 600))
+    state: dict[str, Any] = orjson.loads(orjson.dumps(d.to_state()))
+    return state
+
+
+def test_state_records_its_format_and_river_version() -> None:
     state = Detector("adwin").to_state()
-    state["river_version"] = "0.0.1"
-    with pytest.raises(ValueError, match="river"):
+    assert (state["format"], state["river_version"]) == (STATE_FORMAT, river.__version__)
+
+
+@pytest.mark.parametrize(("name", "damage", "reason"), DAMAGED)
+def test_a_state_that_cannot_be_restored_is_refused_saying_why(
+    name: str, damage: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    state = _saved(name)
+    damage(state)
+    with pytest.raises(ValueError, match=reason):
         Detector.from_state(state)
+
+
+def test_a_state_that_is_not_an_object_is_refused() -> None:
+    with pytest.raises(ValueError, match="a detector state is a JSON object, got list"):
+        Detector.from_state([_saved("adwin")])
 
 
 def test_bad_input() -> None:
@@ -163,6 +243,19 @@ def test_bad_input() -> None:
         Detector("ddm")
     with pytest.raises(ValueError, match="unknown parameters"):
         Detector("kswin", window=[1.0, 2.0])
+    # What River accepts but cannot run with: ADWIN panics on its first update with clock 0
+    # and aborts the process allocating 2**40 buckets; KSWIN fails once its window is full.
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("adwin", {"clock": 0}),
+        ("adwin", {"max_buckets": 2**40}),
+        ("adwin", {"delta": True}),
+        ("page_hinkley", {"threshold": "50"}),
+        ("kswin", {"stat_size": 51}),
+        ("kswin", {"seed": "s"}),
+    ]
+    for name, params in cases:
+        with pytest.raises(ValueError, match=f"{name} parameter"):
+            Detector(name, **params)
     d = Detector("page_hinkley")
     d.update([1.0, 2.0])
     before = d.to_state()
@@ -170,6 +263,212 @@ def test_bad_input() -> None:
         with pytest.raises(ValueError):
             d.update(bad)
     assert d.to_state() == before
+
+
+def test_every_parameter_has_a_rule_its_river_default_meets() -> None:
+    for name, spec in DETECTORS.items():
+        assert set(spec.rules) == set(spec.defaults), name
+        Detector(name)  # the defaults, and KSWIN's drawn seed
+
+
+# --- a state that cannot be restored: that detector starts afresh ---------------------------
+
+STREAM_KEY = ("m", "1", "error")
+CUT = 3000  # items fed before the checkpoint; the error rate changes at CHANGE, after it
+
+
+def _feed(streams: DetectorStreams, x: np.ndarray, lo: int, hi: int) -> list[dict[str, Any]]:
+    """Push items lo..hi of ``x`` on the error stream of model m (ts 10 ms apart) and release
+    them all; the firing rows."""
+    for i in range(lo, hi):
+        streams.push("error", 10 * i, f"e{i:05d}", "m", "1", float(x[i]))
+    return streams.release("error", 10 * hi, partition=0)
+
+
+def _firings(rows: list[dict[str, Any]], name: str) -> list[tuple[int, str]]:
+    return [(r["position"], r["event_id"]) for r in rows if r["detector"] == name]
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_set(("river_version",), "0.21.0"), "written by river '0.21.0'"),
+        (_set(("format",), STATE_FORMAT + 1), "state format 2"),
+        (_window(lambda raw: raw[:-8]), "not an ADWIN window"),
+        (_set(("detector",), None), "malformed detector state"),
+        (lambda s: s.update(_saved("page_hinkley")), "it is the state of 'page_hinkley'"),
+    ],
+)
+def test_a_detector_whose_state_cannot_be_restored_starts_afresh_and_the_others_continue(
+    caplog: pytest.LogCaptureFixture, damage: Callable[[dict[str, Any]], None], reason: str
+) -> None:
+    x = bernoulli_shift(0)
+    names = ["adwin", "page_hinkley"]
+    undisturbed = DetectorStreams(names)
+    before = _feed(undisturbed, x, 0, CUT)
+    assert _firings(before, "adwin") == [], "no false alarm before the change"
+    state = orjson.loads(orjson.dumps(undisturbed.to_state()))
+    (entry,) = state["detectors"]
+    damage(entry["state"]["adwin"])
+    after = _feed(undisturbed, x, CUT, len(x))
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.detection"):
+        restored = DetectorStreams(names, state)
+    (warning,) = caplog.records
+    assert warning.levelno == logging.WARNING
+    message = warning.getMessage()
+    assert "detector adwin of model 'm' version '1', stream error, starts afresh" in message
+    assert reason in message
+    assert restored.resets == 1
+    assert restored.released == {"error": (10 * (CUT - 1), f"e{CUT - 1:05d}")}
+
+    # A restarted worker re-reads from the committed offset: the items up to the released key
+    # are not fed again, to the fresh detector either.
+    rows = _feed(restored, x, CUT - 500, len(x))
+    fresh = Detector("adwin").update(x[CUT:])
+    assert fresh, "the change should make a fresh detector fire"
+    assert _firings(rows, "adwin") == [(f.position, f"e{CUT + f.position:05d}") for f in fresh]
+    continued = _firings(after, "page_hinkley")
+    assert continued, "the change should make page_hinkley fire"
+    assert _firings(rows, "page_hinkley") == continued
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        [],
+        "truncated",
+        {"released": {"error": [29990, "e02999"]}},
+        {"released": {"error": [29990]}, "detectors": []},
+        {"released": {"label": [29990, "e02999"]}, "detectors": []},
+        {"released": {}, "detectors": [{"model": "m", "stream": "error", "state": {}}]},
+        {"released": {}, "detectors": {"m": {}}},
+    ],
+)
+def test_a_state_unreadable_as_a_whole_restarts_every_detector_of_the_partition(
+    caplog: pytest.LogCaptureFixture, state: Any
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="pipeline.detection"):
+        restored = DetectorStreams(["adwin"], state)
+    (warning,) = caplog.records
+    assert "every detector of the partition starts afresh" in warning.getMessage()
+    assert (restored.resets, restored.released, restored.detectors) == (1, {}, {})
+    x = bernoulli_shift(1)
+    fresh = [(f.position, f"e{f.position:05d}") for f in Detector("adwin").update(x)]
+    assert fresh, "the change should make a fresh detector fire"
+    assert _firings(_feed(restored, x, 0, len(x)), "adwin") == fresh
+
+
+def test_a_restore_runs_the_configured_detectors(caplog: pytest.LogCaptureFixture) -> None:
+    """A detector configured since the state was saved starts afresh, one no longer
+    configured is dropped; neither is a failed restore."""
+    x = bernoulli_shift(2)
+    saved = DetectorStreams(["adwin", "kswin"])
+    _feed(saved, x, 0, 500)
+    with caplog.at_level(logging.INFO, logger="pipeline.detection"):
+        restored = DetectorStreams(["adwin", "page_hinkley"], saved.to_state())
+    assert [r.getMessage() for r in caplog.records] == [
+        "detectors no longer configured, their saved states dropped: ['kswin']"
+    ]
+    assert restored.resets == 0
+    detectors = restored.detectors[STREAM_KEY]
+    assert {n: d.position for n, d in detectors.items()} == {"adwin": 500, "page_hinkley": 0}
+    assert detectors["adwin"].to_state() == saved.detectors[STREAM_KEY]["adwin"].to_state()
+
+
+# --- the River code the state relies on -----------------------------------------------------
+
+
+def _adwin_window() -> bytes:
+    """ADWIN's window as its Rust helper encodes it, after a stream that fills several rows
+    of buckets and fires once."""
+    d = drift.ADWIN(clock=1)
+    for i in range(400):
+        d.update(i % 7 + (5.0 if i >= 250 else 0.0))
+    return d._helper.__getstate__()  # type: ignore[no-any-return]
+
+
+#: The River code whose private attributes pipeline/estimators/detectors.py reads and writes,
+#: as river 0.26.1 has it (see tests/pinned.py).
+RIVER_PINS = (
+    Pinned(
+        "river.base.drift_detector:_BaseDriftDetector",
+        "96d5e65ccdb14001",
+        "every codec saves and restores _drift_detected: check it still holds drift_detected "
+        "and is all _BaseDriftDetector keeps",
+        touches=("_drift_detected",),
+    ),
+    Pinned(
+        "river.drift.adwin:ADWIN",
+        "8e511d4594ee33d5",
+        "_adwin_dump and _adwin_load save and restore _helper alone: check _reset and update "
+        "still keep all of ADWIN's state there (and in _drift_detected)",
+        touches=("_helper",),
+    ),
+    Pinned(
+        "river._river_rust.drift:AdaptiveWindowing",
+        "4c65a0363317486d",
+        "_adwin_dump and _adwin_load move the window in the encoding of _helper.__getstate__ "
+        "and __setstate__: check a window still decodes whole, that bytes which do not decode "
+        "still raise a PanicException, and raise STATE_FORMAT if the encoding changed",
+        probe=_adwin_window,
+    ),
+    Pinned(
+        "river.drift.page_hinkley:PageHinkley",
+        "884ce934d944c76a",
+        "_ph_dump and _ph_load save every attribute PageHinkley._reset sets but _test_drift "
+        "(bound from `mode` by the constructor): check the list, and that update changes "
+        "no other",
+        touches=("_x_mean", "_sum_increase", "_sum_decrease", "_min_increase", "_max_decrease"),
+    ),
+    Pinned(
+        "river.stats.mean:Mean",
+        "a588c54f4f80b270",
+        "_ph_dump and _ph_load save n and _mean as the whole state of PageHinkley's running "
+        "mean _x_mean: check Mean keeps no other",
+        touches=("_mean",),
+    ),
+    Pinned(
+        "river.drift.kswin:KSWIN",
+        "5eaeb809cd08531c",
+        "_kswin_dump and _kswin_load save p_value, n, window and _rng, which KSWIN._reset sets "
+        "and update changes: check the list, and that _rng is still a random.Random",
+        touches=("_rng",),
+    ),
+)
+
+
+def test_the_river_code_the_detector_state_relies_on_is_the_pinned_one() -> None:
+    messages = changed(RIVER_PINS)
+    assert not messages, "\n".join(messages)
+    assert unpinned(RIVER_PINS) == [], "pyproject.toml must pin River to this version"
+
+
+def test_every_private_river_attribute_detectors_touch_is_pinned() -> None:
+    touched = private_names(detectors) - {"_river", "_position"}  # Detector's own
+    assert touched == {name for pin in RIVER_PINS for name in pin.touches}
+
+
+def test_the_river_check_fails_on_other_river_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the check sees when River changes: a class whose source differs (a subclass
+    defined here), and an ADWIN window encoded differently (a helper with other buckets)."""
+
+    class PageHinkley(drift.PageHinkley):
+        def _reset(self) -> None:
+            super()._reset()
+            self._sum = 0.0
+
+    helper = adwin.AdaptiveWindowing
+    monkeypatch.setattr("river.drift.page_hinkley.PageHinkley", PageHinkley)
+    monkeypatch.setattr(adwin, "AdaptiveWindowing", lambda **kw: helper(**{**kw, "max_buckets": 4}))
+    messages = changed(RIVER_PINS)
+    assert [m.split(" is not the code recorded (digest ")[0] for m in messages] == [
+        "river._river_rust.drift:AdaptiveWindowing",
+        "river.drift.page_hinkley:PageHinkley",
+    ]
+    for message in messages:
+        assert f"in the installed river {river.__version__}: _" in message
+        assert message.endswith("Then record its new digest.")
 
 
 # --- known change points --------------------------------------------------------------------
