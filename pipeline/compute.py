@@ -231,7 +231,8 @@ class ComputeRuntime:
             mark, saved = found
             if tp.topic == self.topics.predictions:
                 state.pred_wm.max_ts = mark.max_ts
-                state.detectors = DetectorStreams(self.settings.detector_names, dict(saved))
+                state.detectors = DetectorStreams(self.settings.detector_names, saved)
+                state.counters["detector_resets"] += state.detectors.resets
             else:
                 state.label_wm.max_ts = mark.max_ts
             log.info(

@@ -90,10 +90,13 @@ def unpinned(pins: Iterable[Pinned]) -> list[str]:
 
 def private_names(module: ModuleType) -> set[str]:
     """Every private name ``module`` uses as an attribute (``x._name``) or defines as a
-    method (``def _name`` in a class body)."""
+    method (``def _name`` in a class body), outside the bodies of its classes that derive
+    from nothing (whose private names are their own)."""
     tree = ast.parse(inspect.getsource(module))
-    names = {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute)}
-    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+    own = [n for n in tree.body if isinstance(n, ast.ClassDef) and not n.bases]
+    nodes = [n for stmt in tree.body if stmt not in own for n in ast.walk(stmt)]
+    names = {n.attr for n in nodes if isinstance(n, ast.Attribute)}
+    for cls in (n for n in nodes if isinstance(n, ast.ClassDef)):
         names |= {n.name for n in cls.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)}
     return {n for n in names if re.fullmatch(r"_[a-z]\w*", n)}
 
@@ -114,6 +117,6 @@ def overridden(cls: type) -> set[str]:
     targets = set()
     for name in defined:
         base = next((b for b in cls.__mro__[1:] if name in vars(b)), None)
-        if base is not None:
+        if base is not None and base is not object:  # object's own: no library's internals
             targets.add(f"{base.__module__}:{base.__qualname__}.{name}")
     return targets

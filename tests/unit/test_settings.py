@@ -87,11 +87,11 @@ def test_an_int_is_a_float_but_not_the_other_way_round(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "text"),
     [
-        ("WINDOW_SECONDS", "abc"),
-        ("WINDOW_SECONDS", "30.5"),
-        ("WINDOW_SECONDS", ""),
-        ("WINDOW_SECONDS", "true"),
-        ("WINDOW_SECONDS", "1e3"),
+        ("LATENESS_SECONDS", "abc"),
+        ("LATENESS_SECONDS", "30.5"),
+        ("LATENESS_SECONDS", ""),
+        ("LATENESS_SECONDS", "true"),
+        ("LATENESS_SECONDS", "1e3"),
         ("SINK_BATCH_SECONDS", "soon"),
         ("SINK_BATCH_SECONDS", "inf"),
         ("SINK_BATCH_SECONDS", "nan"),
@@ -103,7 +103,7 @@ def test_environment_text_is_parsed_strictly_naming_the_variable(name: str, text
 
 
 def test_flags_are_parsed_strictly_naming_the_flag() -> None:
-    with pytest.raises(ValueError, match=r"^--window-seconds: expected int .*, got 'abc'$"):
+    with pytest.raises(ValueError, match=r"^--lateness-seconds: expected int .*, got 'abc'$"):
         Settings.load(env={}, flags={"lateness_seconds": "abc"})
     s = Settings.load(
         env={"MODELMON_LATENESS_SECONDS": " 45 "}, flags={"flush_interval_seconds": "0.5"}
