@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     py = sys.executable
     results: dict[str, Any] = {
         "machine": _machine(),
-        "window": f"{WINDOW_S}s",
+        "window_seconds": WINDOW_S,
         "partitions": PARTITIONS,
         "events_1x": n1,
         "scales": [],

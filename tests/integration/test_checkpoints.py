@@ -21,7 +21,8 @@ pytestmark = pytest.mark.integration
 def test_every_checkpoint_of_a_partition_is_read_back(broker: EmbeddedBroker) -> None:
     topic = f"t{uuid.uuid4().hex[:8]}.checkpoints"
     records = [
-        Checkpoint(0, {"p": Mark(10 * i, 1000 * i)}, evicted_through=60_000 * i) for i in range(5)
+        Checkpoint(0, {"p": Mark(10 * i, 1000 * i)}, evicted_through={"1m": 60_000 * i})
+        for i in range(5)
     ]
 
     async def run() -> dict[int, list[Checkpoint]]:

@@ -175,7 +175,7 @@ def test_missing_config_file_is_one_line(tmp_path: Path) -> None:
         ([], {"MODELMON_LATENESS_SECONDS": "abc"}, ["MODELMON_LATENESS_SECONDS", "'abc'"]),
         ([], {"MODELMON_LATENESS_SECONDS": "30.5"}, ["MODELMON_LATENESS_SECONDS", "'30.5'"]),
         ([], {"MODELMON_FLUSH_INTERVAL_SECONDS": "nan"}, ["MODELMON_FLUSH_INTERVAL_SECONDS"]),
-        (["--window-seconds", "abc"], {}, ["--window-seconds", "expected int", "'abc'"]),
+        (["--lateness-seconds", "abc"], {}, ["--lateness-seconds", "expected int", "'abc'"]),
         (["--sink-batch-seconds", "soon"], {}, ["--sink-batch-seconds", "expected float"]),
     ],
 )

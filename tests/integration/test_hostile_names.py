@@ -16,7 +16,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from pipeline.reference import profile_rows, publish
-from pipeline.sink import drift_sql, quality_sql, tables
+from pipeline.settings import Settings
+from pipeline.sink.tables import Schema, view_settings
 from producers.client import MonitorClient
 
 pytestmark = pytest.mark.integration
@@ -129,7 +130,8 @@ async def produce(bootstrap: str, prefix: str, events: list[tuple[str, dict[str,
 
 def created(db: str) -> set[str]:
     """Every table and view the sink's migrations create."""
-    statements = [*quality_sql.ddl(db), *tables.ddl(db, 60_000), *drift_sql.ddl(db)]
+    settings = Settings(**WORKER)
+    statements = Schema.of(settings).ddl(db, view_settings(settings))
     pattern = re.compile(rf"CREATE (?:TABLE IF NOT EXISTS|OR REPLACE VIEW) {db}\.(\w+)")
     return {m.group(1) for s in statements for m in pattern.finditer(s)}
 
