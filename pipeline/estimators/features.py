@@ -54,17 +54,19 @@ OTHER = "__other__"
 PROJECTION_SEED = 0x6D6F6E
 #: Sums are kept as integers in units of 2**-1126: every float64 is an integer multiple of
 #: that, so the sums are exact and do not depend on batching or merge order.
-_SUM_BITS = 1126
+SUM_BITS = 1126
 _SPLIT = 26  # mantissas are summed as two int64 halves of at most 27 bits each
 
 
-def _gamma_log(relative_accuracy: float) -> float:
+def gamma_log(relative_accuracy: float) -> float:
+    """``log(γ)`` of the buckets of relative accuracy ``α`` (see the module docstring)."""
     if not 0.0 < relative_accuracy < 1.0:
         raise ValueError(f"relative_accuracy must be in (0, 1), got {relative_accuracy!r}")
     return math.log((1.0 + relative_accuracy) / (1.0 - relative_accuracy))
 
 
-def _offset(log_gamma: float) -> int:
+def bucket_offset(log_gamma: float) -> int:
+    """``OFFSET`` of the module docstring for ``log(γ)``."""
     smallest = math.log(math.ulp(0.0))  # the smallest positive subnormal
     return 1 - math.ceil(smallest / log_gamma)
 
@@ -75,12 +77,12 @@ def bucket_index(x: np.ndarray, relative_accuracy: float) -> np.ndarray:
     >>> bucket_index(np.array([-1.0, 0.0, 1.0, 1.02, 1.03]), 0.01).tolist()
     [-37221, 0, 37221, 37222, 37223]
     """
-    lg = _gamma_log(relative_accuracy)
+    lg = gamma_log(relative_accuracy)
     x = np.asarray(x, dtype=np.float64)
     mag = np.abs(x)
     nonzero = mag > 0.0
     k = np.zeros(x.shape, dtype=np.int64)
-    k[nonzero] = np.ceil(np.log(mag[nonzero]) / lg).astype(np.int64) + _offset(lg)
+    k[nonzero] = np.ceil(np.log(mag[nonzero]) / lg).astype(np.int64) + bucket_offset(lg)
     return np.where(x < 0.0, -k, k)
 
 
@@ -94,9 +96,9 @@ def bucket_bounds(index: np.ndarray, relative_accuracy: float) -> tuple[np.ndarr
     >>> float(low[0]) < 1.0 <= float(high[0])
     True
     """
-    lg = _gamma_log(relative_accuracy)
+    lg = gamma_log(relative_accuracy)
     index = np.asarray(index, dtype=np.int64)
-    k = (np.abs(index) - _offset(lg)).astype(np.float64)
+    k = (np.abs(index) - bucket_offset(lg)).astype(np.float64)
     with np.errstate(over="ignore"):
         inner, outer = np.exp((k - 1.0) * lg), np.exp(k * lg)
     low = np.where(index > 0, inner, np.where(index < 0, -outer, 0.0))
@@ -129,24 +131,24 @@ def cap_categories(counts: dict[str, int], cap: int) -> int:
 
 #: ``np.frexp`` exponents of finite float64 values lie in [-1073, 1024]; shifted by this they
 #: index a bincount.
-_EXP_BIAS = 1074
+EXP_BIAS = 1074
 #: Per-exponent sums of the mantissa halves are accumulated in float64 by ``np.bincount``:
 #: exact while every partial sum stays below 2**53, i.e. for up to 2**26 values per call.
 _CHUNK = 1 << 25
 
 
 def _exact_sum(x: np.ndarray) -> int:
-    """Exact sum of finite float64 values, as an integer in units of 2**-_SUM_BITS.
+    """Exact sum of finite float64 values, as an integer in units of 2**-SUM_BITS.
 
     Each value is ``m * 2**(e - 53)`` with an integer mantissa ``|m| < 2**53``; ``m`` is split
     into a high and a low half of at most 27 bits, and the halves are summed per exponent in
     float64, where integer sums below 2**53 are exact whatever the order. Only the distinct
     exponents meet Python integers.
 
-    >>> _exact_sum(np.array([0.1, 0.2, -0.3])) / (1 << _SUM_BITS) == (0.1 + 0.2 - 0.3)
+    >>> _exact_sum(np.array([0.1, 0.2, -0.3])) / (1 << SUM_BITS) == (0.1 + 0.2 - 0.3)
     False
     >>> from fractions import Fraction
-    >>> Fraction(_exact_sum(np.array([0.1, 0.2, -0.3])), 1 << _SUM_BITS) == (
+    >>> Fraction(_exact_sum(np.array([0.1, 0.2, -0.3])), 1 << SUM_BITS) == (
     ...     Fraction(0.1) + Fraction(0.2) - Fraction(0.3))
     True
     """
@@ -158,7 +160,7 @@ def _exact_sum(x: np.ndarray) -> int:
     m = mantissa * 2.0**53  # integer-valued, exact: |m| < 2**53
     high = np.floor(m * 2.0**-_SPLIT)  # exact: a power-of-two scaling, then floor
     low = m - high * 2.0**_SPLIT  # exact, in [0, 2**_SPLIT)
-    slot = exponent + _EXP_BIAS
+    slot = exponent + EXP_BIAS
     highs = np.bincount(slot, weights=high)
     lows = np.bincount(slot, weights=low)
     used = np.flatnonzero((highs != 0.0) | (lows != 0.0))
@@ -169,11 +171,11 @@ def _exact_sum(x: np.ndarray) -> int:
         lows[used].astype(np.int64).tolist(),
         strict=True,
     ):
-        total += ((h << _SPLIT) + lo) << (s - _EXP_BIAS - 53 + _SUM_BITS)
+        total += ((h << _SPLIT) + lo) << (s - EXP_BIAS - 53 + SUM_BITS)
     return total
 
 
-def _exact_row_sums(m: np.ndarray) -> list[int]:
+def exact_row_sums(m: np.ndarray) -> list[int]:
     """:func:`_exact_sum` of each row of a 2-d array of finite values, in one pass."""
     rows, n = m.shape
     if n == 0 or n > _CHUNK:
@@ -182,8 +184,8 @@ def _exact_row_sums(m: np.ndarray) -> list[int]:
     mm = mantissa * 2.0**53
     high = np.floor(mm * 2.0**-_SPLIT)
     low = mm - high * 2.0**_SPLIT
-    stride = 2 * _EXP_BIAS  # > every slot of one row
-    slot = (exponent + _EXP_BIAS) + (np.arange(rows, dtype=np.int64) * stride)[:, None]
+    stride = 2 * EXP_BIAS  # > every slot of one row
+    slot = (exponent + EXP_BIAS) + (np.arange(rows, dtype=np.int64) * stride)[:, None]
     highs = np.bincount(slot.ravel(), weights=high.ravel(), minlength=rows * stride)
     lows = np.bincount(slot.ravel(), weights=low.ravel(), minlength=rows * stride)
     used = np.flatnonzero((highs != 0.0) | (lows != 0.0))
@@ -195,7 +197,7 @@ def _exact_row_sums(m: np.ndarray) -> list[int]:
         strict=True,
     ):
         r, s = divmod(u, stride)
-        totals[r] += ((h << _SPLIT) + lo) << (s - _EXP_BIAS - 53 + _SUM_BITS)
+        totals[r] += ((h << _SPLIT) + lo) << (s - EXP_BIAS - 53 + SUM_BITS)
     return totals
 
 
@@ -211,8 +213,8 @@ def _add_numeric_rows(
             st.add_numeric(row, relative_accuracy, exact_max)
         return
     k, n = m.shape
-    sums = _exact_row_sums(m)
-    sq_sums = _exact_row_sums(squares)
+    sums = exact_row_sums(m)
+    sq_sums = exact_row_sums(squares)
     lows = m.min(axis=1).tolist()
     highs = m.max(axis=1).tolist()
     index = np.sort(bucket_index(m, relative_accuracy), axis=1)
@@ -237,7 +239,7 @@ def _add_numeric_rows(
 
 def _fixed_to_float(total: int) -> float:
     try:
-        return total / (1 << _SUM_BITS)  # int / int is correctly rounded
+        return total / (1 << SUM_BITS)  # int / int is correctly rounded
     except OverflowError:
         return math.inf if total > 0 else -math.inf
 
@@ -460,7 +462,7 @@ class FeatureWindow:
         exact_max: int = 1000,
         projections: int = 4,
     ) -> None:
-        _gamma_log(relative_accuracy)
+        gamma_log(relative_accuracy)
         for name, value in (
             ("max_categories", max_categories),
             ("exact_max", exact_max),
