@@ -7,7 +7,7 @@ a window's other partials are stored by the time it derives. A name, once publis
 its meaning; ``docs/metrics.md`` gives the full definitions.
 
 >>> [f.name for f in families(Settings())]
-['classification', 'clients', 'features']
+['classification', 'regression', 'clients', 'features']
 >>> "accuracy" in names("classification")
 True
 """
@@ -18,12 +18,14 @@ from pipeline.estimators.classification import ClassificationFamily
 from pipeline.estimators.clients import ClientsFamily
 from pipeline.estimators.drift import DriftFamily
 from pipeline.estimators.family import Metric, MetricFamily, Table
+from pipeline.estimators.regression import RegressionFamily
 from pipeline.settings import Settings
 
 __all__ = ["FAMILIES", "families", "names", "registered", "tables"]
 
 FAMILIES: tuple[type[MetricFamily], ...] = (
     ClassificationFamily,
+    RegressionFamily,
     ClientsFamily,
     DriftFamily,
 )

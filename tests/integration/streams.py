@@ -59,6 +59,38 @@ FUTURE_DATED = {
 }
 
 
+def with_regression(
+    events: list[tuple[str, dict[str, Any]]], seed: int
+) -> list[tuple[str, dict[str, Any]]]:
+    """``events`` and a regression model's, over the same minutes: a price and its target,
+    labelled 5-40 s later (10 % never, some twice), in event-time order."""
+    rng = random.Random(seed)
+    extra: list[tuple[str, dict[str, Any]]] = []
+    for i in range(MINUTES * 60 * RATE // 2):
+        ts = START + i * 2 / RATE
+        y = round(rng.lognormvariate(4.0, 0.4), 2)
+        event_id = f"price-{i}"
+        extra.append(
+            (
+                "prediction",
+                {
+                    "event_id": event_id,
+                    "model": "price",
+                    "task": "regression",
+                    "ts": ts,
+                    "prediction": y * rng.uniform(0.9, 1.1),
+                    "features": {"amount": round(rng.lognormvariate(3.0, 0.5), 3)},
+                },
+            )
+        )
+        if rng.random() < 0.9:
+            for _ in range(2 if rng.random() < 0.05 else 1):
+                extra.append(
+                    ("label", {"event_id": event_id, "ts": ts + rng.uniform(5, 40), "label": y})
+                )
+    return sorted([*events, *extra], key=lambda item: item[1]["ts"])
+
+
 def with_future_dated(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
     """``events`` with :data:`FUTURE_DATED` after its first hundred."""
     return [*events[:100], ("prediction", FUTURE_DATED), *events[100:]]
@@ -91,6 +123,9 @@ TABLES = {
     "detections": "SELECT model, stream, detector, partition, position,"
     " toUnixTimestamp64Milli(ts) AS ts, event_id FROM drift_detections"
     " ORDER BY model, stream, detector, partition, position",
+    "regression": "SELECT model, toUnixTimestamp64Milli(window_start) AS ws, predictions,"
+    " labelled, mae, rmse, r2, mape, mean_error, residual_p50, residual_p90, residual_p99"
+    " FROM regression_windows ORDER BY model, ws",
     # where and when each message was sent differ between runs; what was refused does not
     "dead_letters": "SELECT splitByChar('.', source_topic)[-1] AS topic, reason,"
     " lower(hex(raw)) AS raw FROM dead_letters ORDER BY topic, reason, raw",

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from streams import TABLES, WORKER, reference, traffic, with_future_dated
+from streams import TABLES, WORKER, reference, traffic, with_future_dated, with_regression
 
 from pipeline.embedded import worker_command
 from pipeline.reference import profile_rows, publish
@@ -104,7 +104,7 @@ def drain(d: Any, log: Path) -> None:
 
 
 def test_results_survive_sigkill_of_any_worker_at_any_time(deployment: Any) -> None:
-    events = with_future_dated(traffic(seed=5))
+    events = with_future_dated(with_regression(traffic(seed=5), seed=5))
     calm, crashed = deployment(partitions=3), deployment(partitions=3)
 
     asyncio.run(produce(calm, events, pace=0))
@@ -134,9 +134,11 @@ def test_results_survive_sigkill_of_any_worker_at_any_time(deployment: Any) -> N
     for name in TABLES:
         assert got[name] == expected[name], name
     assert expected["detections"], "the traffic makes the detectors fire"
+    assert expected["regression"] and all(r["labelled"] for r in expected["regression"])
     assert [r["reason"] for r in expected["dead_letters"]] == ["future_timestamp"]
     predictions = sum(kind == "prediction" for kind, _ in events) - 1  # not the future one
-    assert sum(r["predictions"] for r in got["quality"]) == predictions
+    counted = sum(r["predictions"] for name in ("quality", "regression") for r in got[name])
+    assert counted == predictions
     late = calm.query(
         "SELECT counter, value FROM pipeline_stats WHERE counter IN"
         " ('late_predictions', 'late_labels') AND value > 0"

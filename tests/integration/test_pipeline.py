@@ -18,7 +18,11 @@ from aiokafka import AIOKafkaProducer
 from sklearn.metrics import (
     accuracy_score,
     log_loss,
+    mean_absolute_error,
+    mean_absolute_percentage_error,
+    mean_squared_error,
     precision_recall_fscore_support,
+    r2_score,
     roc_auc_score,
 )
 
@@ -37,15 +41,32 @@ class Traffic:
     labels: list[dict[str, Any]] = field(default_factory=list)  # first label of each event
 
 
-def make_traffic(seed: int, n: int = 2400) -> Traffic:
-    """Two models (binary with a score, multiclass with probabilities), two segments,
-    four minutes of event time; labels delayed by 1-90 s, 10 % never labelled."""
+def make_traffic(seed: int, n: int = 3600) -> Traffic:
+    """Three models (binary with a score, multiclass with probabilities, a regression of a
+    price), two segments, six minutes of event time; labels delayed by 1-90 s, 10 % never
+    labelled; a price's target is sometimes a whole number (sent as an integer) or 0."""
     rng = random.Random(seed)
     t = Traffic()
     for i in range(n):
         ts = START + i * 0.1
         segment = {"region": rng.choice(["eu", "us"])}
-        if i % 2:
+        if i % 3 == 2:
+            y: Any = round(rng.lognormvariate(4.0, 0.5), 2)
+            if rng.random() < 0.1:
+                y = float(round(y))
+            if rng.random() < 0.03:
+                y = 0.0
+            pred = {
+                "event_id": f"r{i}",
+                "model": "price",
+                "model_version": "v1",
+                "task": "regression",
+                "ts": ts,
+                "prediction": y * rng.uniform(0.8, 1.25) + rng.gauss(0.0, 2.0),
+                "segment": segment,
+            }
+            y = int(y) if y.is_integer() else y
+        elif i % 2:
             y = rng.choice("01")
             score = min(max(rng.gauss(0.65 if y == "1" else 0.35, 0.2), 0.0), 1.0)
             pred = {
@@ -146,10 +167,12 @@ async def produce(bootstrap: str, prefix: str, t: Traffic, seed: int, bad: bool)
 
 
 def expected_windows(t: Traffic) -> dict[tuple[str, str, int], dict[str, Any]]:
-    """scikit-learn's numbers per (model, segment, window start in ms)."""
+    """scikit-learn's numbers per (model, segment, window start in ms), of the classifiers."""
     labels = {lab["event_id"]: lab["label"] for lab in t.labels}
     groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
     for p in t.predictions:
+        if p["task"] == "regression":
+            continue
         ts_ms = round(p["ts"] * 1000)
         segment = ",".join(f"{k}={v}" for k, v in sorted(p["segment"].items()))
         groups[(p["model"], segment, ts_ms - ts_ms % 60_000)].append(p)
@@ -192,11 +215,58 @@ def expected_windows(t: Traffic) -> dict[tuple[str, str, int], dict[str, Any]]:
     return out
 
 
-def actual_windows(d: Any) -> dict[tuple[str, str, int], dict[str, Any]]:
-    rows = d.query(
-        "SELECT *, toUnixTimestamp64Milli(window_start) AS start_ms FROM quality_windows"
-    )
+def actual_windows(d: Any, view: str = "quality_windows") -> dict[tuple[str, str, int], Any]:
+    rows = d.query(f"SELECT *, toUnixTimestamp64Milli(window_start) AS start_ms FROM {view}")
     return {(r["model"], r["segment"], r["start_ms"]): r for r in rows}
+
+
+def expected_regression(t: Traffic) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """scikit-learn's numbers per window of the regression model, and its residuals."""
+    labels = {lab["event_id"]: float(lab["label"]) for lab in t.labels}
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = defaultdict(list)
+    for p in t.predictions:
+        if p["task"] == "regression":
+            ts_ms = round(p["ts"] * 1000)
+            segment = ",".join(f"{k}={v}" for k, v in sorted(p["segment"].items()))
+            groups[(p["model"], segment, ts_ms - ts_ms % 60_000)].append(p)
+    out = {}
+    for key, preds in groups.items():
+        done = [p for p in preds if p["event_id"] in labels]
+        y = np.array([labels[p["event_id"]] for p in done])
+        yp = np.array([p["prediction"] for p in done])
+        nz = y != 0
+        out[key] = {
+            "predictions": len(preds),
+            "labelled": len(done),
+            "zero_targets": int((~nz).sum()),
+            "mae": mean_absolute_error(y, yp),
+            "mse": mean_squared_error(y, yp),
+            "rmse": math.sqrt(mean_squared_error(y, yp)),
+            "r2": r2_score(y, yp),
+            "mape": mean_absolute_percentage_error(y[nz], yp[nz]),
+            "mean_error": float(np.mean(yp - y)),
+            "mean_target": float(np.mean(y)),
+            "residuals": yp - y,
+        }
+    return out
+
+
+def assert_regression_matches(actual: dict, expected: dict) -> None:
+    assert set(actual) == set(expected)
+    for key, exp in expected.items():
+        got = actual[key]
+        assert [got[c] for c in ("predictions", "labelled", "zero_targets")] == [
+            exp[c] for c in ("predictions", "labelled", "zero_targets")
+        ], key
+        for metric in ("mae", "mse", "rmse", "r2", "mape", "mean_error", "mean_target"):
+            assert math.isclose(got[metric], exp[metric], rel_tol=1e-12, abs_tol=1e-12), (
+                key,
+                metric,
+            )
+        for q in (50, 90, 99):  # within 1 % of the lower order statistic (docs/metrics.md)
+            lower = float(np.quantile(exp["residuals"], q / 100, method="lower"))
+            got_q = got[f"residual_p{q}"]
+            assert abs(got_q - lower) <= 0.01 * abs(lower) + 1e-12, (key, q, got_q, lower)
 
 
 def assert_matches(actual: dict, expected: dict) -> None:
@@ -219,6 +289,8 @@ def test_windows_equal_sklearn_bad_input_is_dead_lettered_and_redelivery_changes
     expected = expected_windows(traffic)
     first = actual_windows(d)
     assert_matches(first, expected)
+    regression = actual_windows(d, "regression_windows")
+    assert_regression_matches(regression, expected_regression(traffic))
 
     dead = d.query("SELECT source_topic, reason, detail, raw_size FROM dead_letters")
     details = [r["detail"] for r in dead]
@@ -243,7 +315,9 @@ def test_windows_equal_sklearn_bad_input_is_dead_lettered_and_redelivery_changes
     asyncio.run(produce(d.bootstrap_servers, d.prefix, traffic, seed=3, bad=False))
     d.run_worker()
     assert actual_windows(d) == first
+    assert actual_windows(d, "regression_windows") == regression
 
     # A worker in a new group re-reads both copies of everything from the start.
     d.run_worker(group_id=d.group + "-again")
     assert actual_windows(d) == first
+    assert actual_windows(d, "regression_windows") == regression

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 import pytest
-from streams import START, WORKER, traffic, with_future_dated
+from streams import START, WORKER, traffic, with_future_dated, with_regression
 
 from pipeline.embedded import worker_command
 from pipeline.replay import offsets_for_time
@@ -22,6 +22,7 @@ pytestmark = pytest.mark.integration
 
 PARTIALS = (
     "quality_partials",
+    "regression_partials",
     "quality_class_partials",
     "feature_partials",
     "drift_detections_rows",
@@ -81,7 +82,8 @@ async def send(d: Any, events: list[tuple[str, dict[str, Any]]]) -> None:
 
 def test_replays_equal_live_rows_and_leave_live_alone(deployment: Any, tmp_path: Any) -> None:
     d = deployment(partitions=2)
-    asyncio.run(send(d, with_future_dated(traffic(seed=4))))
+    events = with_future_dated(with_regression(traffic(seed=4), seed=4))
+    asyncio.run(send(d, events))
     d.run_worker(**WORKER)
     live = rows(d, "modelmon")
     # the future-dated prediction is a dead letter, identical in every replay below
@@ -100,7 +102,7 @@ def test_replays_equal_live_rows_and_leave_live_alone(deployment: Any, tmp_path:
         )
     try:
         summary = modelmon(d, "replay", "--result-set=topics")
-        assert "replayed 38401 events" in summary, summary
+        assert f"replayed {len(events)} events" in summary, summary
         modelmon(d, "replay", "--result-set=batched", "--flush-every=7", "--workers=2")
         end = START + 8 * 60 + 60
         modelmon(d, "replay", "--result-set=timed", f"--start-time={START}", f"--end-time={end}")
