@@ -15,6 +15,7 @@ committed offset is one of the two even if the worker died in between.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from pipeline.windows import Mark
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,19 @@ async def read_checkpoints(
         while reading:
             batch = await consumer.getmany(*reading, timeout_ms=50)
             for tp, messages in batch.items():
-                out[tp.partition].extend(Checkpoint.decode(m.value) for m in messages)
+                for m in messages:
+                    try:
+                        out[tp.partition].append(Checkpoint.decode(m.value))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        # A record that cannot be read is as good as none: the partition's
+                        # watermark restarts from the data if the committed offset needed it.
+                        log.warning(
+                            "skipping checkpoint %s[%d]@%d: %r",
+                            tp.topic,
+                            tp.partition,
+                            m.offset,
+                            exc,
+                        )
             for tp in list(reading):
                 # The end is the high watermark of a fetch answered after this call began
                 # (every record it needs was acknowledged before), not end_offsets(): some

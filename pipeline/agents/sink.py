@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from itertools import chain
 from typing import Any, cast
 
@@ -15,6 +17,7 @@ import faust
 from faust.types import TP
 
 from pipeline.kafka import BoundedConsumer, RawSchema
+from pipeline.ratelog import RateLimitedCounts
 from pipeline.settings import Settings
 from pipeline.sink.clickhouse import ClickHouseSink, json_rows, redact
 from pipeline.sink.derive import Deriver, WindowRef, window_of
@@ -69,6 +72,12 @@ class SinkRuntime:
         self.held: dict[TP, int] = {}
         #: One ClickHouse step at a time, a batch or a derive; held while one runs or retries.
         self.lock = asyncio.Lock()
+        self.refused_log = RateLimitedCounts(
+            log,
+            60.0,
+            "dead-lettered %(total)d metrics messages in %(seconds).0fs that cannot be written,"
+            " by reason: %(counts)s",
+        )
 
     def open(self) -> ClickHouseSink:
         """The live database, opened and migrated on first use (blocking; the sink's writes
@@ -125,14 +134,18 @@ class SinkRuntime:
                 message = event.message
                 if message.topic == self.topics.deadletter:
                     dead = DeadLetter.from_message(message.value, message.headers or [])
+                    if not _result_set_name(dead.result_set, self.settings.clickhouse_database):
+                        dead = replace(dead, result_set="")  # kept with the live ones
                     dead_letters.setdefault(dead.result_set, []).append(dead.row())
                     continue
                 try:
                     batch = decode_rows(message.value)
-                except ValueError:
-                    log.error(
-                        "skipping a metrics message that is not rows at offset %d", message.offset
-                    )
+                    problem = self._unusable(batch)
+                except ValueError as exc:
+                    problem = ("invalid_rows", str(exc))
+                if problem is not None:
+                    dead = self._refused(message, *problem)
+                    dead_letters.setdefault("", []).append(dead.row())
                     continue
                 if not batch.rows:
                     continue
@@ -148,6 +161,34 @@ class SinkRuntime:
                 self._target(result_set)[0].insert_json(table, b",".join(parts))
         live.insert("pipeline_counters", self._counter_rows(counters))
         return counters
+
+    def _unusable(self, batch: RowBatch) -> tuple[str, str] | None:
+        """Why a rows message cannot be written, if it cannot (reason, detail)."""
+        if not _result_set_name(batch.result_set, self.settings.clickhouse_database):
+            return "invalid_result_set", f"result set {batch.result_set!r} is not a plain name"
+        try:
+            self.open().schema.table(batch.table)
+        except KeyError:
+            return "unknown_table", f"no table {batch.table!r} in the result database"
+        return None
+
+    def _refused(self, message: Any, reason: str, detail: str) -> DeadLetter:
+        """A metrics message the sink cannot write, as a dead letter (logged, rate-limited):
+        left in the topic, it would be retried for ever."""
+        self.refused_log.add(reason)
+        raw = message.value or b""
+        stamp = message.timestamp
+        return DeadLetter(
+            message.topic,
+            message.partition,
+            message.offset,
+            -1,
+            reason,
+            detail,
+            raw,
+            len(raw),
+            round(stamp * 1000) if stamp is not None and stamp >= 0 else 0,
+        )
 
     def _mark_stale(self, batch: RowBatch) -> None:
         deriver = self._target(batch.result_set)[1]
@@ -278,6 +319,13 @@ def _insert_derived(sink: ClickHouseSink, held: dict[str, list[dict[str, Any]]])
         written += len(rows)
     held.clear()
     return written
+
+
+def _result_set_name(name: str, database: str) -> bool:
+    """Whether a result set's database name (``<database>_<name>``) is a plain identifier."""
+    return (
+        not name or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,63}", f"{database}_{name}") is not None
+    )
 
 
 def _parts(events: list[Any], max_bytes: int) -> list[list[Any]]:

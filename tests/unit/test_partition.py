@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -354,3 +355,89 @@ def test_what_waits_to_be_folded_is_bounded_per_partition(monkeypatch: Any) -> N
     assert most > 1  # what waited was spread over several windows
     emitted = [r for _, rows in s.flush().by_table() for r in rows]
     assert final_rows(emitted) == folded_at_flush
+
+
+def _ms(text: str, zone: str = "UTC") -> int:
+    """Epoch ms of a local time in ``zone`` (an independent reference: zoneinfo itself)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    return round(datetime.fromisoformat(text).replace(tzinfo=ZoneInfo(zone)).timestamp() * 1000)
+
+
+def _calendar_state(window: str, zone: str = "UTC", **family_windows: str) -> PartitionState:
+    settings = Settings(auc_bins=10, max_clients=0)
+    return PartitionState(
+        0,
+        window=WindowSpec.parse(window, tz=zone),
+        lateness_ms=10 * 86_400_000,  # nothing of these few events is late
+        label_ttl_ms=0,
+        families=families(settings),
+        family_windows={n: WindowSpec.parse(w, tz=zone) for n, w in family_windows.items()},
+    )
+
+
+@pytest.mark.parametrize(
+    ("window", "zone", "events", "expected"),
+    [
+        (  # the night Berlin skips an hour: a day of 23 hours, and its neighbours
+            "day",
+            "Europe/Berlin",
+            ["2026-03-28T23:30", "2026-03-29T00:30", "2026-03-29T23:30", "2026-03-30T00:30"],
+            [("2026-03-28", "2026-03-29", 1), ("2026-03-29", "2026-03-30", 2),
+             ("2026-03-30", "2026-03-31", 1)],
+        ),
+        (  # the night it repeats one: 25 hours, the repeated 02:30 twice in the same day
+            "day",
+            "Europe/Berlin",
+            ["2026-10-25T01:30", "2026-10-25T23:59:59.999", "2026-10-26T00:00"],
+            [("2026-10-25", "2026-10-26", 2), ("2026-10-26", "2026-10-27", 1)],
+        ),
+        (  # ISO week 53 of 2020: Monday 28 December to Sunday 3 January
+            "week",
+            "UTC",
+            ["2020-12-28T00:00", "2020-12-31T12:00", "2021-01-03T23:59:59.999", "2021-01-04T00:00"],
+            [("2020-12-28", "2021-01-04", 3), ("2021-01-04", "2021-01-11", 1)],
+        ),
+        (  # month ends, a leap day included, in a zone ahead of UTC
+            "month",
+            "Asia/Kolkata",
+            ["2024-01-31T23:59:59.999", "2024-02-01T00:00", "2024-02-29T23:59", "2024-03-01T00:00"],
+            [("2024-01-01", "2024-02-01", 1), ("2024-02-01", "2024-03-01", 2),
+             ("2024-03-01", "2024-04-01", 1)],
+        ),
+    ],
+)  # fmt: skip
+def test_calendar_windows_hold_what_the_local_calendar_says(
+    window: str, zone: str, events: list[str], expected: list[tuple[str, str, int]]
+) -> None:
+    s = _calendar_state(window, zone)
+    s.add_predictions(0, [pred(f"e{i}", _ms(t, zone)) for i, t in enumerate(events)])
+    got = [(r["window_start"], r["window_end"], r["predictions"]) for r in windows(s.flush())]
+    assert sorted(got) == [(_ms(a, zone), _ms(b, zone), n) for a, b, n in expected]
+
+
+def test_a_family_can_have_windows_of_its_own() -> None:
+    """Classification per day, feature summaries per hour: each family's rows in its own
+    windows, labels joined into the day's, and both dropped once nothing can change them."""
+    s = _calendar_state("1h", "UTC", classification="day")
+    s.join.ttl_ms = s.store.ttl_ms = 0
+    s.pred_wm.lateness_ms = s.label_wm.lateness_ms = 0
+    day = _ms("2026-05-04T00:00")
+    times = [day + h * 3_600_000 + 60_000 for h in (0, 1, 5)]
+    s.add_predictions(0, [pred(f"e{i}", t, features={"x": 1.0}) for i, t in enumerate(times)])
+    s.add_labels(0, [label("e0", times[0] + 1000), label("e2", times[2] + 1000)])
+    rows = s.flush()
+    (daily,) = windows(rows)
+    assert (daily["window_start"], daily["window_end"]) == (day, day + 86_400_000)
+    assert (daily["predictions"], daily["labelled"]) == (3, 2)
+    hourly = {r["window_start"] for r in rows.tables["feature_partials"]}
+    assert hourly == {t - t % 3_600_000 for t in times}
+    # the next day's events move both watermarks past the first day
+    later = day + 86_400_000 + 3_600_000
+    s.add_predictions(1, [pred("z", later)])
+    s.add_labels(1, [label("z", later)])
+    s.flush()
+    assert s.evicted_through == {"day UTC": day, "1h": times[2] - times[2] % 3_600_000}
+    p_mark, l_mark = s.low_watermarks()
+    assert p_mark is not None and p_mark.offset == 1 and l_mark is not None and l_mark.offset == 1

@@ -219,3 +219,33 @@ def test_derived_rows_are_inserted_in_bounded_batches(
     assert max(inserts) < bound + CHUNK_STARTS * per_window
     assert drift_windows(rt) == {T0 + k * MINUTE for k in range(1, 12)}
     assert consumer.committable == {METRICS_0: 12} and rt.idle()
+
+
+def test_metrics_messages_that_cannot_be_written_are_dead_letters(chdb_path: Path) -> None:
+    """A message that is no rows, names an unknown table or an impossible result set would
+    fail its insert for ever: it is a dead letter with its reason, and what is good in the
+    batch is written."""
+    rt, consumer = runtime(chdb_path, "refused")
+    batches = Batches()
+    good = batches(("pipeline_counters", counter_rows()))
+    bad_json = batches(("pipeline_counters", counter_rows()))
+    bad_json[0].message.value = b"{not json"
+    unknown = batches(("no_such_table", counter_rows()))
+    impossible = [
+        SimpleNamespace(
+            message=ConsumerMessage(
+                TOPICS.metrics, 0, 9, time.time(), 0, [], None,
+                encode_rows("pipeline_counters", counter_rows(), "bad name;"), None,
+            )
+        )
+    ]  # fmt: skip
+    asyncio.run(rt.write(good + bad_json + unknown + impossible))
+    _, rows = rt.open().query(
+        "SELECT source_offset, reason FROM dead_letters ORDER BY source_offset"
+    )
+    assert rows == [(1, "invalid_rows"), (2, "unknown_table"), (9, "invalid_result_set")]
+    _, counted = rt.open().query(
+        "SELECT count() FROM pipeline_counters FINAL WHERE stage = 'compute'"
+    )
+    assert counted == [(1,)]
+    assert consumer.committable == {METRICS_0: 10}
