@@ -13,11 +13,9 @@ months in a time zone.
 120000
 >>> WindowSpec.parse("60").start(125_000)
 120000
->>> wm = Watermark(lateness_ms=5_000)
->>> wm.observe(100_000); wm.value
-95000
->>> wm.is_late(94_999), wm.is_late(95_000)
-(True, False)
+>>> wm = Watermark(lateness_ms=5_000, max_ts=100_000)
+>>> wm.value, wm.passed(95_000), wm.passed(95_001)
+(95000, True, False)
 """
 
 from __future__ import annotations
@@ -53,7 +51,9 @@ class Mark:
 
 @dataclass(slots=True)
 class Watermark:
-    """Largest event time seen on one partition, minus ``lateness_ms``."""
+    """Largest event time seen on one partition, minus ``lateness_ms``: an event older than
+    it is late (the loops of :mod:`pipeline.partition` move ``max_ts`` and compare with it
+    inline, as they run once per event)."""
 
     lateness_ms: int
     max_ts: int = NEVER
@@ -61,14 +61,6 @@ class Watermark:
     @property
     def value(self) -> int:
         return NEVER if self.max_ts == NEVER else self.max_ts - self.lateness_ms
-
-    def observe(self, ts_ms: int) -> None:
-        if ts_ms > self.max_ts:
-            self.max_ts = ts_ms
-
-    def is_late(self, ts_ms: int) -> bool:
-        """An event older than the watermark no longer updates its window; it is counted."""
-        return ts_ms < self.value
 
     def passed(self, ts_ms: int) -> bool:
         """True once no event at or after ``ts_ms`` can be late: everything before it is final."""
