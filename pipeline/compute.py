@@ -121,7 +121,7 @@ class ComputeRuntime:
                 message.offset,
                 message.value,
                 round(stamp * 1000) if stamp is not None and stamp >= 0 else None,
-                rerouted=is_rerouted(message.headers),
+                rerouted=bool(message.headers) and is_rerouted(message.headers),
             ),
             state,
         )

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -51,11 +52,13 @@ from schemas.topics import Topics, partitions_for
 
 #: The counter of each kind's valid, re-routed and future-dated events.
 _COUNTER: Final = {"prediction": "predictions", "label": "labels"}
+_VALID: Final = {kind: f"{name}_valid" for kind, name in _COUNTER.items()}
+_NONE: Final[frozenset[int]] = frozenset()
 #: What folds each kind of event into a partition.
 _FOLD: Final = {"prediction": PartitionState.add_predictions, "label": PartitionState.add_labels}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass sets its fields more slowly
 class InputMessage:
     """One message of an input topic, as the fold needs it."""
 
@@ -125,6 +128,7 @@ class Folder:
         self.result_set = result_set
         self.keep = keep
         self.future_ms = round(settings.max_future_seconds * 1000)
+        self.partitions = settings.partitions
         self.counters: Counter[tuple[int, str]] = Counter()
         #: Per (topic, partition), the offset before which re-routes were sent already (from
         #: the checkpoint): a restarted worker re-reads such messages without re-sending.
@@ -136,13 +140,19 @@ class Folder:
         out = Folded(events=len(decoded.events) + len(decoded.rejected))
         for r in decoded.rejected:
             out.dead_letters.append(self._dead_letter(message, r.index, r.reason, r.detail, r.raw))
-        name = _COUNTER[message.kind]
-        self.counters[(message.partition, f"{name}_valid")] += len(decoded.events)
-        events, where = self._admit(message, decoded, out)
-        elsewhere: set[int] = set()
+        counters, p = self.counters, message.partition
+        events = decoded.events
+        counters[(p, _VALID[message.kind])] += len(events)
+        stamp, where = message.timestamp_ms, None
+        if self.keep is not None or (
+            stamp is not None and events and max([e.ts_ms for e in events]) > stamp + self.future_ms
+        ):
+            events, where = self._admit(message, decoded, out)
+        elsewhere: AbstractSet[int] = _NONE
         if events and not message.rerouted:
-            owners = partitions_for([e.event_id for e in events], self.settings.partitions)
-            elsewhere = set((owners != message.partition).nonzero()[0].tolist())
+            owners = partitions_for([e.event_id for e in events], self.partitions)
+            if owners.count(p) != len(owners):
+                elsewhere = {i for i, owner in enumerate(owners) if owner != p}
         refused, forwarded = _FOLD[message.kind](
             state, message.offset, events, elsewhere, message.rerouted
         )
@@ -155,12 +165,13 @@ class Folder:
             )
         if forwarded:
             out.skipped = len(forwarded)
-            self.counters[(message.partition, f"rerouted_{name}")] += len(forwarded)
+            counters[(p, f"rerouted_{_COUNTER[message.kind]}")] += len(forwarded)
             if self.reroute:
                 at = [where[i] if where is not None else i for i in forwarded]
-                partitions = owners[forwarded].tolist()
+                partitions = [owners[i] for i in forwarded]
                 out.reroutes = self._reroutes(message, decoded, at, partitions)
-        self.counters[(message.partition, "dead_letters")] += len(out.dead_letters)
+        if out.dead_letters:
+            counters[(p, "dead_letters")] += len(out.dead_letters)
         return out
 
     def rows(self, state: PartitionState, open_windows: bool = True) -> tuple[list[bytes], Rows]:
@@ -177,25 +188,20 @@ class Folder:
 
     def _admit(
         self, message: InputMessage, decoded: Decoded, out: Folded
-    ) -> tuple[list[Any], list[int] | None]:
+    ) -> tuple[list[Any], list[int]]:
         """The events of ``message`` its partition may see (in a replay's range, not future-
-        dated), and their indices in ``decoded.events`` (None when that is all of them)."""
-        events = decoded.events
+        dated), and their indices in ``decoded.events``."""
         keep, stamp = self.keep, message.timestamp_ms
-        if keep is None and (
-            stamp is None or all(e.ts_ms <= stamp + self.future_ms for e in events)
-        ):
-            return events, None
         where = []
         limit = None if stamp is None else stamp + self.future_ms
-        for i, e in enumerate(events):
+        for i, e in enumerate(decoded.events):
             if limit is not None and e.ts_ms > limit:  # refused whatever range is replayed
                 out.dead_letters.append(self._future(message, decoded, i))
                 continue
             if keep is not None and not keep(message.kind, e.ts_ms):
                 continue
             where.append(i)
-        return [events[i] for i in where], where
+        return [decoded.events[i] for i in where], where
 
     def _future(self, message: InputMessage, decoded: Decoded, i: int) -> DeadLetter:
         name = _COUNTER[message.kind]

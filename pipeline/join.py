@@ -18,10 +18,6 @@ from typing import Any
 
 from pipeline.windows import Mark, Watermark, Windows
 
-#: Where a prediction was folded, per window group of its partition: (slot start, window
-#: key), or None where it folds into nothing (a window already dropped before a restart).
-WindowRefs = tuple[tuple[int, tuple[str, str, str]] | None, ...]
-
 
 @dataclass(slots=True)
 class PendingPrediction:
@@ -32,7 +28,7 @@ class PendingPrediction:
     y_pred: Any
     score: float | None
     probabilities: Mapping[str, float] | None
-    windows: WindowRefs
+    windows: tuple[Any, ...]  # where it went (pipeline.windowstore.WindowRefs)
     open: bool = True
 
 
@@ -77,7 +73,8 @@ class Join:
 
     def bucket(self, ts_ms: int) -> Bucket:
         """The bucket of the join window that holds ``ts_ms``."""
-        start = self.windows.start(ts_ms)
+        size = self.windows.size
+        start = ts_ms - ts_ms % size if size is not None else self.windows.start(ts_ms)
         bucket = self.buckets.get(start)
         if bucket is None:
             bucket = self.buckets[start] = Bucket(self.windows.end(start))

@@ -143,6 +143,7 @@ class PartitionState:
         join, store, counters = self.join, self.store, self.counters
         pending, labels = join.preds, join.labels
         detectors = self.detectors if self.detectors.names else None
+        by_task = self._by_task
         pairs: list[tuple[str, PendingPrediction, PendingLabel]] = []
         refused: list[Refused] = []
         forwarded: list[int] = []
@@ -191,9 +192,9 @@ class PartitionState:
                 windows,
             )
             pending[event_id] = bucket.preds[event_id] = entry
-            scoring = self._task(p.task)[0] if detectors is not None else None
-            if scoring is not None:
-                score = scoring.score(p)
+            if detectors is not None:
+                scoring = (by_task.get(p.task) or self._task(p.task))[0]
+                score = None if scoring is None else scoring.score(p)
                 if score is not None:
                     detectors.push("score", ts, event_id, p.model, p.model_version, score)
             label = labels.get(event_id)
@@ -280,15 +281,20 @@ class PartitionState:
         self, pairs: list[tuple[str, PendingPrediction, PendingLabel]], label_mark: Mark | None
     ) -> None:
         """Queue joined pairs in their predictions' windows, and the error stream's values."""
-        counters, store = self.counters, self.store
+        counters, store, by_task = self.counters, self.store, self._by_task
         detectors = self.detectors if self.detectors.names else None
+        if pairs:
+            counters["joined"] += len(pairs)
         for event_id, pred, label in pairs:
-            counters["joined"] += 1
-            scoring, labelled = self._task(pred.task)
+            scoring, labelled = by_task.get(pred.task) or self._task(pred.task)
             if not labelled:
                 counters["labels_unsupported_task"] += 1
                 continue
-            if not all(f.accepts_label(pred.task, label.label) for f in labelled):
+            fits = True
+            for family in labelled:
+                if not family.accepts_label(pred.task, label.label):
+                    fits = False
+            if not fits:
                 counters["label_type_mismatch"] += 1
                 continue
             if detectors is not None and scoring is not None and pred.ts_ms <= label.ts_ms:

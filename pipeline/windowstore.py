@@ -24,12 +24,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.estimators.family import Accumulator, MetricFamily, Pairs, Predictions, Row
-from pipeline.join import PendingPrediction, WindowRefs
+from pipeline.join import PendingPrediction
 from pipeline.windows import Mark, Watermark, Windows, WindowSpec
 from schemas.events import Prediction
 
 OVERFLOW_SEGMENT = "__overflow__"
 WindowKey = tuple[str, str, str]  # model, model_version, segment
+#: Where a prediction was folded, per window group: its slot and window, or None where it
+#: folds into nothing (a window dropped before a restart, a model over the limit).
+WindowRefs = tuple[tuple["_Slot", "_Window"] | None, ...]
 
 #: Predictions and joined pairs waiting in a partition's windows that trigger folding them
 #: in. It bounds what waits in memory (a prediction with 20 features holds ~2 KiB) however
@@ -151,17 +154,21 @@ class WindowStore:
 
     def add_prediction(self, p: Prediction, ts: int, mark: Mark) -> WindowRefs | None:
         """Queue ``p`` in its window of each group that serves its task (``mark``: its
-        message's offset, and the watermark there). Returns where it went, or None if every
-        group refused its model (more than ``max_models`` in the window)."""
-        refs: list[tuple[int, WindowKey] | None] = []
-        refused = 0
+        message's offset, and the watermark there). Returns where it went, for its pairs to
+        follow, or None if every group refused its model (more than ``max_models`` in the
+        window)."""
+        refs: list[tuple[_Slot, _Window] | None] = []
+        served = refused = 0
+        task = p.task
         for group in self.groups:
-            if not group.serves(p.task):
+            if not group.serves(task):
                 refs.append(None)
                 continue
+            served += 1
             start = group.windows.start(ts)
             slot = group.slots.get(start) or self._new_slot(group, start)
-            if slot.first_pred is None or mark.offset < slot.first_pred.offset:
+            first = slot.first_pred
+            if first is None or mark.offset < first.offset:
                 slot.first_pred = mark
             if slot.final:
                 refs.append(None)
@@ -175,15 +182,18 @@ class WindowStore:
                     refused += 1
                     refs.append(None)
                     continue
-                key = admitted
-                w = slot.windows.get(key)
+                w = slot.windows.get(admitted)
                 if w is None:
-                    w = slot.windows[key] = _Window(group.families, self.counters)
-            w.preds.setdefault(p.task, []).append(p)
+                    w = slot.windows[admitted] = _Window(group.families, self.counters)
+            waiting = w.preds.get(task)
+            if waiting is None:
+                w.preds[task] = [p]
+            else:
+                waiting.append(p)
             w.dirty = True
-            refs.append((start, key))
+            refs.append((slot, w))
             self.waiting += 1
-        if refused and refused == sum(g.serves(p.task) for g in self.groups):
+        if refused and refused == served:
             return None
         if self.waiting >= SETTLE_AT:
             self.settle()
@@ -191,17 +201,14 @@ class WindowStore:
 
     def add_pair(self, pred: PendingPrediction, label: Any, mark: Mark | None) -> None:
         """Queue a joined pair in the windows its prediction went to (``mark``: where its
-        label's message is, for the windows' first label offset)."""
-        for group, ref in zip(self.groups, pred.windows, strict=True):
+        label's message is, for the windows' first label offset). They are held while the
+        prediction can still join: both are dropped only after its join window closed."""
+        for ref in pred.windows:
             if ref is None:
                 continue
-            start, key = ref
-            slot = group.slots[start]
+            slot, w = ref
             if mark is not None:
                 slot.first_label = earliest(slot.first_label, mark)
-            w = slot.windows.get(key)
-            if w is None:
-                w = slot.windows[key] = _Window(group.families, self.counters)
             pairs = w.pairs.get(pred.task)
             if pairs is None:
                 pairs = w.pairs[pred.task] = Pairs(pred.task)

@@ -9,18 +9,17 @@ join of a prediction with its label stays within one partition.
 'modelmon.predictions'
 >>> partition_for("e-42", 4) == partition_for("e-42", 4)
 True
->>> partitions_for(["e-42", "e-43"], 4).tolist() == [partition_for("e-42", 4),
-...                                                  partition_for("e-43", 4)]
+>>> partitions_for(["e-42", "e-43"], 4) == [partition_for("e-42", 4), partition_for("e-43", 4)]
 True
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from aiokafka.partitioner import murmur2
 
 KINDS = ("prediction", "label", "interaction", "training")
 _KIND_OF_NAME = {
@@ -36,21 +35,51 @@ def partition_for(event_id: str, partitions: int) -> int:
     return (murmur2(event_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-_M = np.uint32(0x5BD1E995)
 _SEED = 0x9747B28C
+_MUL = 0x5BD1E995
+_M = np.uint32(_MUL)
 #: Below this many ids the pure-Python hash is cheaper than numpy's per-call overhead.
 _VECTOR_MIN = 8
+#: The little-endian 32-bit words of keys of up to 255 bytes.
+_WORDS = [struct.Struct(f"<{n}I") for n in range(64)]
 
 
-def partitions_for(event_ids: Sequence[str], partitions: int) -> np.ndarray:
-    """:func:`partition_for` of many event ids at once (int64), with numpy: Kafka's murmur2
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``) of ``data``, as an
+    unsigned 32-bit integer: the words of the key unpacked at once, then Java's int
+    arithmetic modulo 2**32.
+
+    >>> murmur2(b"e-42")
+    4233303547
+    """
+    length = len(data)
+    h = _SEED ^ length
+    blocks = length >> 2
+    if blocks:
+        words = _WORDS[blocks] if blocks < len(_WORDS) else struct.Struct(f"<{blocks}I")
+        for k in words.unpack_from(data):
+            k = (k * _MUL) & 0xFFFFFFFF
+            h = ((h * _MUL) ^ ((k ^ (k >> 24)) * _MUL)) & 0xFFFFFFFF
+    extra = length & 3
+    if extra:
+        tail = data[blocks << 2 :]
+        if extra == 3:
+            h ^= tail[2] << 16
+        if extra >= 2:
+            h ^= tail[1] << 8
+        h = ((h ^ tail[0]) * _MUL) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * _MUL) & 0xFFFFFFFF
+    return h ^ (h >> 15)
+
+
+def partitions_for(event_ids: Sequence[str], partitions: int) -> list[int]:
+    """:func:`partition_for` of many event ids at once; with numpy for many: Kafka's murmur2
     over the ids of each byte length as one (ids x bytes) matrix, so the cost per id is a few
     array operations instead of a loop over its bytes in Python."""
-    out = np.empty(len(event_ids), dtype=np.int64)
     if len(event_ids) < _VECTOR_MIN:
-        for i, event_id in enumerate(event_ids):
-            out[i] = partition_for(event_id, partitions)
-        return out
+        return [(murmur2(e.encode()) & 0x7FFFFFFF) % partitions for e in event_ids]
+    out = np.empty(len(event_ids), dtype=np.int64)
     by_length: dict[int, tuple[list[int], list[bytes]]] = {}
     for i, event_id in enumerate(event_ids):
         data = event_id.encode()
@@ -60,12 +89,12 @@ def partitions_for(event_ids: Sequence[str], partitions: int) -> np.ndarray:
     with np.errstate(over="ignore"):
         for length, (where, keys) in by_length.items():
             out[where] = (_murmur2(keys, length) & 0x7FFFFFFF) % partitions
-    return out
+    return out.tolist()  # type: ignore[no-any-return]
 
 
 def _murmur2(keys: list[bytes], length: int) -> np.ndarray:
-    """Kafka's murmur2 (``org.apache.kafka.common.utils.Utils.murmur2``) of equal-length keys,
-    in uint32 arithmetic (numpy wraps it modulo 2**32, as Java's int does)."""
+    """:func:`murmur2` of equal-length keys, in uint32 arithmetic (numpy wraps it modulo
+    2**32, as Java's int does)."""
     data = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), length)
     h = np.full(len(keys), _SEED ^ length, dtype=np.uint32)
     blocks = length // 4
